@@ -1,0 +1,5 @@
+"""`python -m qwen_deploy` runs the command-line interface."""
+
+from qwen_deploy.cli import main
+
+main()

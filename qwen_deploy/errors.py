@@ -1,0 +1,33 @@
+"""The one error hierarchy: every failure a user can cause or fix, with the exit code the CLI maps it to.
+
+Exit codes (design.md): 0 ok · 1 error · 2 usage · 3 nothing fits.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOTHING_FITS = 3
+
+
+class QwenDeployError(Exception):
+    """A failure explained in one sentence a user can act on."""
+
+    exit_code = EXIT_ERROR
+
+
+class UsageError(QwenDeployError):
+    """Bad input: a malformed option value, file or combination of flags."""
+
+    exit_code = EXIT_USAGE
+
+
+class NothingFitsError(QwenDeployError):
+    """No candidate fits the hardware; the message ends with a 'To fix:' hint."""
+
+    exit_code = EXIT_NOTHING_FITS
+
+    def __init__(self, message: str, plan: object | None = None) -> None:
+        super().__init__(message)
+        self.plan = plan

@@ -1,0 +1,126 @@
+"""Human output: rich tables for probe, plan and models (imported only when a table is printed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from qwen_deploy.hardware import Hardware
+from qwen_deploy.planner import Candidate, Plan, ram_budget
+from qwen_deploy.units import format_size
+
+console = Console(highlight=False, soft_wrap=False)
+if not console.is_terminal:  # piped output: do not squeeze the table into 80 columns
+    console = Console(highlight=False, soft_wrap=False, width=160)
+
+
+def print_hardware(hw: Hardware) -> None:
+    table = Table(title="This machine", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    bw = f", {hw.cpu.memory_bandwidth_gbps} GB/s measured" if hw.cpu.memory_bandwidth_gbps else ""
+    table.add_row("CPU", f"{hw.cpu.model} — {hw.cpu.physical_cores} cores / {hw.cpu.logical_cores} threads{bw}")
+    table.add_row("CPU flags", " ".join(hw.cpu.flags) or "-")
+    table.add_row(
+        "RAM", f"{format_size(hw.memory.total_bytes)} total, {format_size(hw.memory.available_bytes)} available"
+    )
+    if not hw.gpus:
+        table.add_row("GPUs", "none (no NVIDIA driver or no GPU)")
+    for gpu in hw.gpus:
+        table.add_row(
+            f"GPU {gpu.index}",
+            f"{gpu.name} — {format_size(gpu.memory_total_bytes)} total, {format_size(gpu.memory_free_bytes)} free, "
+            f"compute capability {gpu.compute_capability}",
+        )
+    table.add_row("Disk", f"{format_size(hw.disk.free_bytes)} free at {hw.disk.path}")
+    console.print(table)
+
+
+def _context(c: Candidate) -> str:
+    return f"{c.context:,}" if c.fits else (f"max {c.max_context:,}" if c.max_context else "-")
+
+
+def _why(c: Candidate) -> str:
+    """The table's short reason; the full sentence with the arithmetic is in --json and below the table."""
+    if not c.fits:
+        return c.reason
+    return f"{format_size(c.memory.kv_cache_bytes)} KV holds {c.memory.kv_capacity_tokens:,} tokens"
+
+
+def print_plan(plan: Plan) -> None:
+    hw = plan.hardware
+    where = ", ".join(f"{g.name} ({format_size(g.memory_total_bytes)})" for g in hw.gpus) or "no GPU"
+    console.print(
+        f"[bold]{plan.model.id}[/bold] on {where}; {format_size(hw.memory.total_bytes)} RAM "
+        f"({format_size(ram_budget(hw))} for llama.cpp), {hw.cpu.physical_cores} cores"
+    )
+    table = Table(show_lines=False)
+    for col, kw in [
+        ("", {}),
+        ("engine", {}),
+        ("precision", {}),
+        ("KV", {}),
+        ("context", {"justify": "right"}),
+        ("concurrency", {"justify": "right"}),
+        ("memory", {"justify": "right"}),
+        ("tok/s", {"justify": "right"}),
+        ("why", {"overflow": "fold", "ratio": 1}),
+    ]:
+        table.add_column(col, **kw)
+    for c in plan.candidates:
+        mark = "[green]✓ chosen[/green]" if c is plan.choice else ("fits" if c.fits else "[red]✗[/red]")
+        engine = c.engine + (f" tp{c.tensor_parallel_size}" if c.tensor_parallel_size > 1 else "")
+        engine += f" ×{c.replicas}" if c.replicas > 1 else ""
+        table.add_row(
+            mark,
+            engine,
+            c.precision,
+            c.kv_cache_dtype,
+            _context(c),
+            f"{c.concurrency:.1f}" if c.fits else "-",
+            format_size(c.memory.total_bytes),
+            f"{c.decode_tokens_per_s:.0f}",
+            _why(c),
+        )
+    console.print(table)
+    if plan.choice:
+        console.print(f"[bold]choice:[/bold] {plan.choice.label()} at {plan.choice.context:,} tokens — {plan.choice.reason}")
+        print_breakdown(plan.choice)
+
+
+def print_breakdown(c: Candidate) -> None:
+    m = c.memory
+    table = Table(title=f"Memory of the choice ({'per GPU' if c.device == 'gpu' else 'RAM'})", box=None)
+    table.add_column("part")
+    table.add_column("bytes", justify="right")
+    table.add_column("", justify="right")
+    rows: list[tuple[str, int, str]] = [("budget", m.budget_bytes, "")]
+    rows.append(("weights", m.weights_bytes, ""))
+    for name, value in m.parts.items():
+        if name.endswith("_bytes") and name != "available_kv_bytes":
+            rows.append((name.removesuffix("_bytes").replace("_", " "), value, ""))
+    rows.append(("KV cache", m.kv_cache_bytes, f"{m.kv_capacity_tokens:,} tokens × {m.kv_bytes_per_token:,} B"))
+    rows.append(("total", m.total_bytes, ""))
+    for name, value, note in rows:
+        table.add_row(name, format_size(value), note)
+    console.print(table)
+    console.print("[bold]command:[/bold] " + " ".join(c.command))
+
+
+def print_models(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="Built-in model profiles")
+    for col in ("name", "id", "layers", "KV heads × dim", "max context", "KV/token (16-bit)", "precisions"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["id"],
+            str(r["layers"]),
+            f"{r['kv_heads']} × {r['head_dim']}",
+            f"{r['max_context']:,}",
+            f"{r['kv_bytes_per_token_16bit']:,} B",
+            ", ".join(r["precisions"]),
+        )
+    console.print(table)
