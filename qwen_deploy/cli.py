@@ -79,26 +79,50 @@ def probe(json_: bool, measure: bool) -> None:
 
 def _plan_options(func):
     options = [
-        click.option("--model", "model_ref", metavar="NAME|DIR|FILE.gguf",
-                     help="A built-in profile (see `models`), a Hugging Face folder, or a GGUF file."),
+        click.option(
+            "--model",
+            "model_ref",
+            metavar="NAME|DIR|FILE.gguf",
+            help="A built-in profile (see `models`), a Hugging Face folder, or a GGUF file.",
+        ),
         click.option("--hardware", "hardware_file", metavar="FILE", help="Plan for the machine in this hardware file."),
-        click.option("--gpu", "gpus", multiple=True, metavar="NAME",
-                     help="Plan for catalog GPUs instead of this machine's ('RTX 4090', '2xL4'; repeatable)."),
+        click.option(
+            "--gpu",
+            "gpus",
+            multiple=True,
+            metavar="NAME",
+            help="Plan for catalog GPUs instead of this machine's ('RTX 4090', '2xL4'; repeatable).",
+        ),
         click.option("--vram", metavar="SIZE", help="GPU memory (24GiB); a generic GPU when no --gpu is given."),
         click.option("--ram", metavar="SIZE", help="Plan for this much RAM (32GiB)."),
         click.option("--cpus", type=int, metavar="N", help="Plan for N CPU cores."),
         click.option("--no-gpu", is_flag=True, help="Plan without GPUs."),
-        click.option("--context", default="auto", show_default=True, metavar="N|auto|max",
-                     help="Context: exactly N tokens, auto (best candidate reaching 32K), or max (longest first)."),
+        click.option(
+            "--context",
+            default="auto",
+            show_default=True,
+            metavar="N|auto|max",
+            help="Context: exactly N tokens, auto (best candidate reaching 32K), or max (longest first).",
+        ),
         click.option("--min-context", type=int, default=4096, show_default=True, help="Shortest useful context."),
-        click.option("--concurrency", type=float, default=1.0, show_default=True,
-                     help="Full-length requests the KV cache must hold at once."),
+        click.option(
+            "--concurrency",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="Full-length requests the KV cache must hold at once.",
+        ),
         click.option("--engine", type=click.Choice(["vllm", "llamacpp"]), help="Only this engine."),
         click.option("--precision", help="Only this weight precision (bf16, fp8, awq, q4_k_m, q8_0, ...)."),
         click.option("--kv-cache-dtype", help="Only this KV cache type (auto/f16, fp8, q8_0, q4_0)."),
         click.option("--gpu-memory-utilization", type=float, help="vLLM's fraction of GPU memory (default 0.92)."),
-        click.option("--prefer", type=click.Choice(["balanced", "quality", "speed"]), default="balanced",
-                     show_default=True, help="Trade-off between precision and decode speed."),
+        click.option(
+            "--prefer",
+            type=click.Choice(["balanced", "quality", "speed"]),
+            default="balanced",
+            show_default=True,
+            help="Trade-off between precision and decode speed.",
+        ),
         click.option("--host", default="127.0.0.1", show_default=True, help="Address the server will bind."),
         click.option("--port", type=int, default=8000, show_default=True, help="Port the server will listen on."),
     ]
@@ -244,5 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: say so in one line; --debug shows the traceback
         if debug:
             raise
-        click.echo(f"Error: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback).", err=True)
+        click.echo(
+            f"Error: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback).", err=True
+        )
         sys.exit(EXIT_ERROR)

@@ -7,6 +7,7 @@ The hardware file (design.md, schema qwen-deploy/hardware/v1) is what `probe --j
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -146,7 +147,9 @@ def hardware_from_dict(data: Any, where: str = "hardware file") -> Hardware:
         raise UsageError(f"{where}: expected a mapping with schema {HARDWARE_SCHEMA}, got {type(data).__name__}.")
     schema = data.get("schema")
     if schema != HARDWARE_SCHEMA:
-        raise UsageError(f"{where}: schema is {schema!r}; expected {HARDWARE_SCHEMA!r} (write one with `probe --json`).")
+        raise UsageError(
+            f"{where}: schema is {schema!r}; expected {HARDWARE_SCHEMA!r} (write one with `probe --json`)."
+        )
     cpu_d = _field(data, "cpu", dict, where)
     flags = cpu_d.get("flags", [])
     if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
@@ -261,9 +264,7 @@ def lookup_gpu(name: str) -> CatalogGPU:
     close += [by_norm[n] for n in difflib.get_close_matches(_norm(name), list(by_norm), n=3, cutoff=0.5)]
     close = list(dict.fromkeys(close))[:3]
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise UsageError(
-        f"unknown GPU {name!r}.{hint} Known: {', '.join(names)}; or describe it with --vram SIZE."
-    )
+    raise UsageError(f"unknown GPU {name!r}.{hint} Known: {', '.join(names)}; or describe it with --vram SIZE.")
 
 
 _COUNT_RE = re.compile(r"^\s*(\d+)\s*[x×*]\s*(.+?)\s*$", re.IGNORECASE)
@@ -595,7 +596,9 @@ def probe_gpus() -> tuple[GPU, ...]:
             ),
         ) or getattr(exc, "value", None) in (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED):
             return ()
-        raise QwenDeployError(f"NVML could not start ({exc}); check `nvidia-smi`, or plan without GPUs: --no-gpu.")
+        raise QwenDeployError(
+            f"NVML could not start ({exc}); check `nvidia-smi`, or plan without GPUs: --no-gpu."
+        ) from exc
     catalog = None
     gpus = []
     index = -1
@@ -634,10 +637,8 @@ def probe_gpus() -> tuple[GPU, ...]:
             f"NVML failed while reading GPU {index} ({exc}); check `nvidia-smi`, or plan without GPUs: --no-gpu."
         ) from exc
     finally:
-        try:
+        with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
     return tuple(gpus)
 
 

@@ -53,8 +53,8 @@ SPEED_CONTEXT = 4096
 
 # A CUDA context, cuBLAS and NCCL take memory outside vLLM's budget, and vLLM refuses to start when free
 # memory is below total × utilization (v1/worker/utils.py request_memory). Design notes: a few hundred MiB
-# to ~1 GiB per process; we keep 1 GiB free beside the budget.
-CUDA_CONTEXT_BYTES = 1024 * 1024**2
+# to ~1 GiB per process; we keep 512 MiB free beside the budget when choosing the fraction.
+CUDA_CONTEXT_BYTES = 512 * 1024**2
 
 # RAM left to the operating system and other programs when planning for llama.cpp.
 RAM_RESERVE_FRACTION = 0.10
@@ -191,7 +191,11 @@ def _vllm_precision(artifact_precision: str, gpu: GPU) -> tuple[str, str, str | 
     if artifact_precision == "fp8":
         # Fp8Config.get_min_capability() 75: native W8A8 from 8.9, weight-only Marlin below.
         if cc < 7.5:
-            return "fp8", dtype, f"FP8 weights need compute capability 7.5 or newer; {gpu.name} has {gpu.compute_capability}"
+            return (
+                "fp8",
+                dtype,
+                f"FP8 weights need compute capability 7.5 or newer; {gpu.name} has {gpu.compute_capability}",
+            )
         return "fp8", dtype, None
     if artifact_precision == "awq":
         if cc < 7.5:
@@ -242,7 +246,7 @@ def _vllm_candidates(model: ModelSpec, hw: Hardware, request: Request) -> list[C
     free_limited = False
     if request.gpu_memory_utilization is None:
         # Lower the fraction when other processes hold memory: vLLM refuses to start otherwise.
-        free = min(g.memory_free_bytes for g in hw.gpus)
+        free = min(min(g.memory_free_bytes, cuda_total(g)) for g in hw.gpus)
         fits_free = math.floor((free - CUDA_CONTEXT_BYTES) / total * 100) / 100
         if fits_free < util:
             util, free_limited = max(0.0, fits_free), True
@@ -353,7 +357,9 @@ def _vllm_candidate(
         port=request.port,
     )
     bandwidth = gpu.memory_bandwidth_gbps or 500.0
-    speed = _decode_speed(bandwidth * tp, GPU_DECODE_EFFICIENCY, est.weights_bytes * tp, est.kv_bytes_per_token * tp, ctx_for_args)
+    speed = _decode_speed(
+        bandwidth * tp, GPU_DECODE_EFFICIENCY, est.weights_bytes * tp, est.kv_bytes_per_token * tp, ctx_for_args
+    )
     concurrency = memory.vllm_concurrency(est.kv_capacity_tokens, ctx_for_args) if fits else 0.0
     return Candidate(
         engine="vllm",
@@ -401,9 +407,7 @@ def _too_small(wanted: int, max_context: int, request: Request, per_token: int) 
     need = format_size(wanted * per_token * request.concurrency)
     if max_context <= 0:
         return f"does not fit: {wanted:,} tokens{users} need {need} of KV and no memory is left after the weights"
-    return (
-        f"does not fit: {wanted:,} tokens{users} need {need} of KV; the memory left holds {max_context:,} tokens"
-    )
+    return f"does not fit: {wanted:,} tokens{users} need {need} of KV; the memory left holds {max_context:,} tokens"
 
 
 def _kv_class(kv: str, engine: str) -> str:
@@ -488,7 +492,11 @@ def _llamacpp_candidate(
     elif fits:
         reason = (
             f"fits: {format_size(est.weights_bytes)} weights (mmap)"
-            + (f" + {format_size(est.parts['repacked_weights_bytes'])} repacked" if est.parts["repacked_weights_bytes"] else "")
+            + (
+                f" + {format_size(est.parts['repacked_weights_bytes'])} repacked"
+                if est.parts["repacked_weights_bytes"]
+                else ""
+            )
             + f" + {format_size(est.kv_cache_bytes)} KV + "
             f"{format_size(est.overhead_bytes - est.parts['repacked_weights_bytes'])} buffers/process "
             f"in {format_size(budget)} of RAM"
@@ -583,9 +591,13 @@ def _validate(request: Request, model: ModelSpec) -> None:
     if request.kv_cache_dtype == "fp8" and request.engine == "llamacpp":
         raise UsageError("--kv-cache-dtype fp8 is a vLLM cache type; llama.cpp takes f16, q8_0 or q4_0.")
     if request.kv_cache_dtype in ("q8_0", "q4_0") and request.engine == "vllm":
-        raise UsageError(f"--kv-cache-dtype {request.kv_cache_dtype} is a llama.cpp cache type; vLLM takes auto or fp8.")
+        raise UsageError(
+            f"--kv-cache-dtype {request.kv_cache_dtype} is a llama.cpp cache type; vLLM takes auto or fp8."
+        )
     if request.precision:
-        known = {a.precision for a in model.artifacts} | ({"fp16"} if any(a.precision == "bf16" for a in model.artifacts) else set())
+        known = {a.precision for a in model.artifacts} | (
+            {"fp16"} if any(a.precision == "bf16" for a in model.artifacts) else set()
+        )
         if request.precision not in known:
             raise UsageError(
                 f"--precision {request.precision!r} is not available for {model.id}; "
@@ -611,14 +623,17 @@ def nothing_fits_message(p: Plan) -> str:
     """One paragraph: why nothing fits, ending in 'To fix:' with the nearest candidates."""
     if not p.candidates:
         if not p.hardware.gpus and p.request.engine == "vllm":
-            return "Nothing fits: vLLM needs an NVIDIA GPU and none was found. To fix: drop --engine vllm, or describe a GPU with --gpu NAME."
+            return (
+                "Nothing fits: vLLM needs an NVIDIA GPU and none was found. "
+                "To fix: drop --engine vllm, or describe a GPU with --gpu NAME."
+            )
         return (
             f"Nothing fits: {p.model.id} has no artifact for the requested engine/precision on this hardware. "
             "To fix: drop --engine/--precision, or pass --model with a GGUF file or HF folder."
         )
-    nearest = sorted(
-        (c for c in p.candidates if c.shortfall_bytes > 0), key=lambda c: c.shortfall_bytes
-    )[:3] or list(p.candidates[:3])
+    nearest = sorted((c for c in p.candidates if c.shortfall_bytes > 0), key=lambda c: c.shortfall_bytes)[:3] or list(
+        p.candidates[:3]
+    )
     lines = [f"Nothing fits {p.model.id} on this hardware."]
     hints = []
     for c in nearest:

@@ -86,7 +86,9 @@ def print_plan(plan: Plan) -> None:
         )
     console.print(table)
     if plan.choice:
-        console.print(f"[bold]choice:[/bold] {plan.choice.label()} at {plan.choice.context:,} tokens — {plan.choice.reason}")
+        console.print(
+            f"[bold]choice:[/bold] {plan.choice.label()} at {plan.choice.context:,} tokens — {plan.choice.reason}"
+        )
         print_breakdown(plan.choice)
 
 

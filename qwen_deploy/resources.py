@@ -35,7 +35,7 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_profile_yaml(relative: str) -> Any:
     """A shipped profile file, parsed (cached: profiles do not change while the process runs)."""
     return _yaml_load((profiles_dir() / relative).read_text(encoding="utf-8"))

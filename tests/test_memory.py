@@ -59,14 +59,24 @@ def test_llamacpp_kv_matches_engine_log_lines():
     )
     assert (kv, cells) == (576 * MiB, 4096)
     # q8_0 at 32768: 36 layers × 2 × 1088 B × 32768 cells = 2,566,914,048 B = 2448.00 MiB (engine: 2448.00 MiB)
-    kv, _ = memory.llamacpp_kv_bytes(32768, full_layers=36, swa_layers=0, kv_heads=8, head_dim=128, type_k="q8_0", type_v="q8_0")
+    kv, _ = memory.llamacpp_kv_bytes(
+        32768, full_layers=36, swa_layers=0, kv_heads=8, head_dim=128, type_k="q8_0", type_v="q8_0"
+    )
     assert kv == 2_566_914_048 == 2448 * MiB
 
 
 def test_llamacpp_sliding_window_layers():
     # Gemma 3 270M: 18 layers (every 6th full: 3 full, 15 SWA), 1 KV head of 256, n_swa 512.
     # Full-size SWA cache (llama-cpp-python default): 18 × 8192 × (2 × 256 × 2 B) = 144 MiB (engine: 24 + 120 MiB).
-    common = {"full_layers": 3, "swa_layers": 15, "kv_heads": 1, "head_dim": 256, "type_k": "f16", "type_v": "f16", "n_swa": 512}
+    common = {
+        "full_layers": 3,
+        "swa_layers": 15,
+        "kv_heads": 1,
+        "head_dim": 256,
+        "type_k": "f16",
+        "type_v": "f16",
+        "n_swa": 512,
+    }
     kv, _ = memory.llamacpp_kv_bytes(8192, **common)
     assert kv == 144 * MiB
     # Trimmed SWA cache: pad(512 × 1 + 512) = 1024 cells: 3 × 8192 × 1024 B + 15 × 1024 × 1024 B
@@ -78,14 +88,34 @@ def test_llamacpp_sliding_window_layers():
     ("shape", "n_ctx", "flash_attn", "expected_mib"),
     [
         # Qwen3-4B, U = 512, flash attention: logits stage (151936 + 2 × 2560) × 512 × 4 B = 306.75 MiB
-        ({"n_vocab": 151936, "n_embd": 2560, "n_ff": 9728, "n_head": 32, "n_head_kv": 8, "head_dim": 128}, 4096, True, 306.75),
+        (
+            {"n_vocab": 151936, "n_embd": 2560, "n_ff": 9728, "n_head": 32, "n_head_kv": 8, "head_dim": 128},
+            4096,
+            True,
+            306.75,
+        ),
         # Synthetic Qwen3 shape with n_embd 64: (151936 + 128) × 2048 B = 297.00 MiB (engine: 297.00 MiB)
-        ({"n_vocab": 151936, "n_embd": 64, "n_ff": 128, "n_head": 32, "n_head_kv": 8, "head_dim": 128}, 4096, True, 297.0),
+        (
+            {"n_vocab": 151936, "n_embd": 64, "n_ff": 128, "n_head": 32, "n_head_kv": 8, "head_dim": 128},
+            4096,
+            True,
+            297.0,
+        ),
         # Same without flash attention at 32768: f32 mask 32768 × 512 × 4 (64 MiB) + KQ 32768 × 512 × 32 × 4
         # (2048 MiB) + (3 × 64 + 2 × 32 × 128 + 2 × 8 × 128) × 512 × 4 (20.375 MiB) = 2132.375 (engine: 2132.38 MiB)
-        ({"n_vocab": 151936, "n_embd": 64, "n_ff": 128, "n_head": 32, "n_head_kv": 8, "head_dim": 128}, 32768, False, 2132.375),
+        (
+            {"n_vocab": 151936, "n_embd": 64, "n_ff": 128, "n_head": 32, "n_head_kv": 8, "head_dim": 128},
+            32768,
+            False,
+            2132.375,
+        ),
         # SmolLM2-135M (vocab 49152, n_embd 576): (49152 + 1152) × 2048 B = 98.25 MiB (engine: 98.25 MiB)
-        ({"n_vocab": 49152, "n_embd": 576, "n_ff": 1536, "n_head": 9, "n_head_kv": 3, "head_dim": 64}, 4096, True, 98.25),
+        (
+            {"n_vocab": 49152, "n_embd": 576, "n_ff": 1536, "n_head": 9, "n_head_kv": 3, "head_dim": 64},
+            4096,
+            True,
+            98.25,
+        ),
     ],
 )
 def test_llamacpp_compute_buffer(shape, n_ctx, flash_attn, expected_mib):
@@ -99,8 +129,17 @@ def test_llamacpp_output_buffer():
 
 def test_llamacpp_memory_adds_up():
     est = memory.llamacpp_memory(
-        layers=36, swa_layers=0, kv_heads=8, head_dim=128, n_head=32, n_embd=2560, n_ff=9728, n_vocab=151936,
-        weights_bytes=2_497_281_120, repacked_bytes=1000, budget_bytes=20 * GiB,
+        layers=36,
+        swa_layers=0,
+        kv_heads=8,
+        head_dim=128,
+        n_head=32,
+        n_embd=2560,
+        n_ff=9728,
+        n_vocab=151936,
+        weights_bytes=2_497_281_120,
+        repacked_bytes=1000,
+        budget_bytes=20 * GiB,
         config=memory.LlamacppConfig(n_ctx=4000),
     )
     # n_ctx 4000 -> 4096 cells; KV 576 MiB; compute 306.75 MiB; output 607,744 B; process 160 MiB; repacked 1000 B
@@ -113,8 +152,17 @@ def test_llamacpp_memory_adds_up():
 def test_quantized_v_cache_needs_flash_attention():
     with pytest.raises(ValueError, match="flash attention"):
         memory.llamacpp_memory(
-            layers=2, swa_layers=0, kv_heads=2, head_dim=64, n_head=4, n_embd=128, n_ff=256, n_vocab=1024,
-            weights_bytes=1, repacked_bytes=0, budget_bytes=GiB,
+            layers=2,
+            swa_layers=0,
+            kv_heads=2,
+            head_dim=64,
+            n_head=4,
+            n_embd=128,
+            n_ff=256,
+            n_vocab=1024,
+            weights_bytes=1,
+            repacked_bytes=0,
+            budget_bytes=GiB,
             config=memory.LlamacppConfig(n_ctx=512, type_k="q8_0", type_v="q8_0", flash_attn=False),
         )
 
@@ -138,7 +186,9 @@ def test_repacked_bytes_follow_the_engine_rules():
     assert memory.llamacpp_repacked_bytes(tensors, ("avx2",)) == 5_898_240
     # arm64 with dotprod: Q4_K, Q6_K (ne1 % 8), Q4_0 and Q8_0 (ne1 % 4: 1028 qualifies); token_embd stays on
     # the plain buffer because an output.weight exists
-    assert memory.llamacpp_repacked_bytes(tensors, ("neon", "asimddp")) == 319_094_784 + 5_898_240 + 1_480_320 + 26_460_160
+    assert (
+        memory.llamacpp_repacked_bytes(tensors, ("neon", "asimddp")) == 319_094_784 + 5_898_240 + 1_480_320 + 26_460_160
+    )
     # No SIMD flags: nothing
     assert memory.llamacpp_repacked_bytes(tensors, ()) == 0
     # AMX build: Q6_K row = 10 blocks × 210 B; Q4_K row = 10 × 144 + 10 × 4; Q8_0 row = 304 × 34 + 304 × 4
@@ -182,9 +232,17 @@ def test_vllm_memory_rtx_4090_by_hand():
     blocks      12,929,752,286 // (16 × 147,456 = 2,359,296)      = 5480  ->  87,680 tokens
     """
     est = memory.vllm_memory(
-        layers=36, kv_heads=8, head_dim=128, hidden=2560, intermediate=9728, vocab=151936, max_position=262144,
+        layers=36,
+        kv_heads=8,
+        head_dim=128,
+        hidden=2560,
+        intermediate=9728,
+        vocab=151936,
+        max_position=262144,
         checkpoint_bytes=8_044_936_192,
-        config=memory.VllmConfig(gpu_total_bytes=25_756_172_288, gpu_name="NVIDIA GeForce RTX 4090", gpu_memory_utilization=0.92),
+        config=memory.VllmConfig(
+            gpu_total_bytes=25_756_172_288, gpu_name="NVIDIA GeForce RTX 4090", gpu_memory_utilization=0.92
+        ),
     )
     assert est.budget_bytes == 23_695_678_505
     assert est.weights_bytes == 8_165_732_147

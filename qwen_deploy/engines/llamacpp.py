@@ -79,7 +79,9 @@ def command(args: dict[str, Any], python: str | None = None) -> list[str]:
 
 MODEL_BUFFER_RE = r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB"
 KV_SIZE_RE = r"llama_kv_cache: size =\s+([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers"
-COMPUTE_BUFFER_RE = r"(?:sched_reserve|llama_context|llama_new_context_with_model):\s+(\S+) compute buffer size =\s+([\d.]+) MiB"
+COMPUTE_BUFFER_RE = (
+    r"(?:sched_reserve|llama_context|llama_new_context_with_model):\s+(\S+) compute buffer size =\s+([\d.]+) MiB"
+)
 OUTPUT_BUFFER_RE = r"llama_context:\s+(\S+)\s+output buffer size =\s+([\d.]+) MiB"
 N_CTX_RE = r"llama_context: n_ctx\s+=\s+(\d+)"
 
@@ -105,7 +107,7 @@ def parse_memory_log(text: str) -> dict[str, Any]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rx(pattern: str) -> re.Pattern[str]:
     """Compile log patterns on first use: planning never parses logs, so it never pays for them."""
     return re.compile(pattern)

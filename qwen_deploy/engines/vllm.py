@@ -87,7 +87,7 @@ def parse_memory_log(text: str) -> dict[str, Any]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rx(pattern: str) -> re.Pattern[str]:
     """Compile log patterns on first use: planning never parses logs, so it never pays for them."""
     return re.compile(pattern)

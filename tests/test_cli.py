@@ -1,0 +1,182 @@
+"""The command line, driven like a user would: exit codes, JSON, files, one-sentence errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from qwen_deploy.cli import main
+from tests.conftest import make_hardware
+
+
+def run(*args):
+    """Run through main() so exit codes are the documented ones; returns (code, stdout, stderr)."""
+    runner = CliRunner()
+    result = runner.invoke(_main_as_command, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+import click  # noqa: E402
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
+@click.pass_context
+def _main_as_command(ctx):
+    main(list(ctx.args))
+
+
+@pytest.fixture
+def hw_file(tmp_path):
+    path = tmp_path / "hw.json"
+    path.write_text(json.dumps(make_hardware(ram_gib=32).to_dict()))
+    return str(path)
+
+
+def test_help_lists_the_commands():
+    code, out, _ = run("--help")
+    assert code == 0
+    for command in ("probe", "plan", "models"):
+        assert command in out
+
+
+def test_plan_json_for_a_described_gpu(hw_file):
+    code, out, _ = run(
+        "plan", "--hardware", hw_file, "--gpu", "RTX 4090", "--engine", "vllm", "--precision", "bf16", "--json"
+    )
+    assert code == 0
+    data = json.loads(out)
+    mem = data["choice"]["memory"]
+    assert mem["kv_bytes_per_token"] == 147_456
+    assert abs(mem["weights_bytes"] / 8_044_936_192 - 1) < 0.02
+    assert data["choice"]["context"] <= mem["kv_capacity_tokens"]
+    code, out, _ = run(
+        "plan",
+        "--hardware",
+        hw_file,
+        "--gpu",
+        "RTX 4090",
+        "--engine",
+        "vllm",
+        "--precision",
+        "bf16",
+        "--kv-cache-dtype",
+        "fp8",
+        "--json",
+    )
+    assert json.loads(out)["choice"]["memory"]["kv_bytes_per_token"] == 73_728
+
+
+def test_plan_table_shows_choice_and_breakdown(hw_file):
+    code, out, _ = run("plan", "--hardware", hw_file)
+    assert code == 0
+    assert "chosen" in out and "Memory of the choice" in out and "llama_cpp.server" in out
+
+
+def test_nothing_fits_exits_3_with_a_fix(hw_file):
+    code, out, err = run("plan", "--hardware", hw_file, "--ram", "2GiB", "--json")
+    assert code == 3
+    assert json.loads(out)["choice"] is None
+    assert "To fix:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["plan", "--gpu", "RTX 4099"], 2, "Did you mean"),
+        (["plan", "--ram", "lots"], 2, "is not a size"),
+        (["plan", "--context", "long"], 2, "--context"),
+        (["plan", "--gpu", "L4", "--no-gpu"], 2, "contradicts"),
+        (["plan", "--model", "gpt-17"], 2, "unknown model"),
+        (["plan", "--hardware", "/nonexistent.yaml"], 2, "does not exist"),
+        (["plan", "--host", "0.0.0.0\nExecStart=/bin/sh"], 2, "--host"),
+        (["plan", "--engine", "tensorrt"], 2, "tensorrt"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_a_usage_exit(hw_file, args, code, message):
+    if "--hardware" not in args:
+        args = [*args, "--hardware", hw_file]
+    got, _, err = run(*args)
+    assert got == code
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_corrupt_gguf_model(tmp_path, hw_file):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    code, _, err = run("plan", "--hardware", hw_file, "--model", str(bad))
+    assert code == 2 and "not a readable GGUF file" in err
+
+
+def test_debug_shows_the_traceback(hw_file):
+    with pytest.raises(Exception):  # noqa: B017 - any library error propagates with --debug
+        CliRunner().invoke(
+            _main_as_command, ["--debug", "plan", "--hardware", hw_file, "--ram", "lots"], catch_exceptions=False
+        )
+
+
+def test_plan_output_file_is_yaml_and_complete(tmp_path, hw_file):
+    target = tmp_path / "out" / "plan.yaml"
+    code, _, err = run("plan", "--hardware", hw_file, "-o", str(target))
+    assert code == 0 and "wrote" in err
+    data = yaml.safe_load(target.read_text())
+    assert data["schema"] == "qwen-deploy/plan/v1" and data["choice"]["engine"] == "llamacpp"
+    assert [p.name for p in target.parent.iterdir()] == ["plan.yaml"]  # no temp file left behind
+
+
+def test_plan_for_a_gguf_file(small_gguf, hw_file):
+    code, out, _ = run("plan", "--hardware", hw_file, "--model", str(small_gguf), "--context", "2K", "--json")
+    assert code == 0
+    choice = json.loads(out)["choice"]
+    assert choice["precision"] == "f16" and choice["context"] == 2048
+    assert choice["engine_args"]["model"] == str(small_gguf.resolve())
+
+
+def test_models_lists_profiles():
+    code, out, _ = run("models", "--json")
+    assert code == 0
+    names = {m["name"] for m in json.loads(out)}
+    assert {
+        "qwen3-4b-instruct-2507",
+        "llama-3-8b-instruct",
+        "mistral-7b-instruct-v0.3",
+        "phi-3-mini-4k-instruct",
+    } <= names
+
+
+def test_probe_json_then_plan_hardware_equals_plain_plan(tmp_path):
+    """`probe --json > hw.json && plan --hardware hw.json` chooses exactly what plain `plan` does."""
+    env_cmd = [sys.executable, "-m", "qwen_deploy"]
+    probe = subprocess.run([*env_cmd, "probe", "--json"], capture_output=True, text=True, check=True)
+    (tmp_path / "hw.json").write_text(probe.stdout)
+    from_file = subprocess.run(
+        [*env_cmd, "plan", "--hardware", str(tmp_path / "hw.json"), "--json"], capture_output=True, text=True
+    )
+    plain = subprocess.run([*env_cmd, "plan", "--json"], capture_output=True, text=True)
+    assert from_file.returncode == plain.returncode
+    a, b = json.loads(from_file.stdout), json.loads(plain.stdout)
+    assert a["choice"] == b["choice"]
+    assert a["candidates"] == b["candidates"]
+
+
+def test_cli_import_loads_no_heavy_modules():
+    code = (
+        "import sys, qwen_deploy.cli; "
+        "heavy = ['jinja2', 'httpx', 'huggingface_hub', 'llama_cpp', 'vllm', 'torch', 'numpy', 'rich', 'yaml', 'gguf', 'pynvml', 'psutil']; "
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_plan_json_loads_no_numpy_rich_or_engines(hw_file):
+    code = (
+        "import sys; from qwen_deploy.cli import main\n"
+        "try:\n    main(['plan', '--hardware', sys.argv[1], '--json'])\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('numpy', 'rich', 'gguf', 'llama_cpp', 'vllm', 'torch', 'jinja2', 'httpx') if m in sys.modules], file=sys.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, hw_file], capture_output=True, text=True, check=True)
+    assert result.stderr.strip().splitlines()[-1] == "[]"

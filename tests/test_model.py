@@ -1,0 +1,141 @@
+"""Model specs from built-in profiles, Hugging Face folders and GGUF headers."""
+
+import json
+import struct
+
+import pytest
+
+from qwen_deploy.errors import UsageError
+from qwen_deploy.model import count_parameters, load_profile, profile_names, resolve_model, spec_from_gguf
+from tests.synthetic_gguf import SyntheticShape, write_synthetic_gguf
+
+
+def test_qwen3_4b_profile_matches_its_config():
+    spec = load_profile("Qwen/Qwen3-4B-Instruct-2507")
+    assert (spec.layers, spec.hidden_size, spec.intermediate_size) == (36, 2560, 9728)
+    assert (spec.attention_heads, spec.kv_heads, spec.head_dim) == (32, 8, 128)
+    assert (spec.vocab_size, spec.max_context, spec.tied_embeddings) == (151936, 262144, True)
+    # embed 151936 × 2560 = 388,956,160 + 36 × 100,930,816 + 2,560 = 4,022,468,096
+    assert count_parameters(spec, qk_norm=True) == spec.parameters == 4_022_468_096
+    bf16 = spec.artifact("vllm", "bf16")
+    assert bf16.weights_bytes == 2 * 4_022_468_096
+    assert {a.precision for a in spec.artifacts if a.engine == "llamacpp"} == {"q4_k_m", "q5_k_m", "q6_k", "q8_0"}
+
+
+@pytest.mark.parametrize("name", ["llama-3-8b-instruct", "mistral-7b-instruct-v0.3", "phi-3-mini-4k-instruct"])
+def test_comparison_profiles_parameter_counts(name):
+    spec = load_profile(name)
+    assert count_parameters(spec) == spec.parameters
+    assert spec.artifact("vllm", "bf16").weights_bytes == 2 * spec.parameters
+
+
+def test_profiles_list_and_aliases():
+    assert "qwen3-4b-instruct-2507" in profile_names()
+    assert load_profile("qwen3-4b").id == "Qwen/Qwen3-4B-Instruct-2507"
+    with pytest.raises(UsageError, match="Did you mean 'qwen3-4b-instruct-2507'"):
+        load_profile("qwen3-4b-instruct-2508")
+
+
+def write_safetensors(path, tensors):
+    header, offset = {}, 0
+    for name, (dtype, shape, nbytes) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * offset)
+
+
+def test_hf_folder_with_quantization_and_safetensors(tmp_path):
+    config = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "vocab_size": 100,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    write_safetensors(tmp_path / "model.safetensors", {"a": ("F8_E4M3", [10, 10], 100), "b": ("BF16", [5], 10)})
+    spec = resolve_model(str(tmp_path))
+    assert spec.head_dim == 32  # head_dim honoured, not hidden / heads (16)
+    assert spec.kv_heads == 2 and spec.tied_embeddings
+    art = spec.artifacts[0]
+    assert (art.precision, art.quantization, art.weights_bytes) == ("fp8", "fp8", 110)
+
+
+def test_hf_folder_sliding_window_layer_types(tmp_path):
+    config = {
+        "num_hidden_layers": 4,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "vocab_size": 100,
+        "sliding_window": 512,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    spec = resolve_model(str(tmp_path))
+    assert spec.sliding_window == 512 and spec.sliding_window_layers == (0, 2)
+    assert spec.kv_heads == 4 and spec.head_dim == 16
+    # no safetensors: weights from the parameter count × 2 bytes
+    assert spec.artifacts[0].weights_bytes == 2 * spec.parameters
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [(None, "no config.json"), ("{", "cannot read"), ('{"hidden_size": 64}', "num_hidden_layers")],
+)
+def test_bad_hf_folders(tmp_path, content, match):
+    if content is not None:
+        (tmp_path / "config.json").write_text(content)
+    with pytest.raises(UsageError, match=match):
+        resolve_model(str(tmp_path))
+
+
+def test_gguf_header_geometry_and_exact_bytes(small_gguf):
+    spec = spec_from_gguf(small_gguf)
+    assert (spec.architecture, spec.layers, spec.attention_heads, spec.kv_heads) == ("qwen3", 2, 4, 2)
+    assert (spec.head_dim, spec.vocab_size, spec.max_context, spec.hidden_size) == (64, 1024, 8192, 128)
+    art = spec.artifacts[0]
+    # F16 matrices + F32 norms written by the fixture:
+    # embed 1024×128×2 + per layer [q 256×128 + k,v 128×128 ×2 + o 128×256 + gate,up 256×128 ×2 + down 128×256] × 2
+    # + norms (128 + 64 + 64 + 128) × 4 per layer + output norm 128 × 4
+    per_layer = (256 * 128 + 2 * 128 * 128 + 128 * 256 + 2 * 256 * 128 + 128 * 256) * 2 + (128 + 64 + 64 + 128) * 4
+    assert art.weights_bytes == 1024 * 128 * 2 + 2 * per_layer + 128 * 4
+    assert art.precision == "f16"
+
+
+def test_gguf_sliding_window_pattern(tmp_path):
+    path = write_synthetic_gguf(
+        tmp_path / "g.gguf",
+        SyntheticShape(
+            layers=12,
+            heads=4,
+            kv_heads=1,
+            head_dim=64,
+            hidden=64,
+            ffn=128,
+            vocab=300,
+            architecture="gemma3",
+            sliding_window=512,
+        ),
+    )
+    spec = spec_from_gguf(path)
+    assert spec.sliding_window == 512
+    assert spec.sliding_window_layers == (0, 1, 2, 3, 4, 6, 7, 8, 9, 10)  # every 6th layer is global
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_gguf_is_a_clear_error(small_gguf, tmp_path, damage):
+    bad = tmp_path / "bad.gguf"
+    data = small_gguf.read_bytes()
+    bad.write_bytes({"truncate": data[: len(data) // 3], "garbage": b"GGUF" + b"\xff" * 64, "empty": b""}[damage])
+    with pytest.raises(UsageError, match="GGUF|gguf"):
+        spec_from_gguf(bad)

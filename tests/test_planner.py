@@ -1,0 +1,243 @@
+"""The planner on described hardware: which candidates fit, why, what is chosen, and the commands."""
+
+from dataclasses import replace
+
+import pytest
+
+from qwen_deploy import memory
+from qwen_deploy.errors import UsageError
+from qwen_deploy.hardware import simulate
+from qwen_deploy.model import load_profile
+from qwen_deploy.planner import Request, nothing_fits_message, plan, ram_budget
+from tests.conftest import make_hardware
+
+GiB = 1024**3
+QWEN = load_profile("qwen3-4b-instruct-2507")
+
+
+def gpu_box(*specs, ram_gib=64):
+    return simulate(make_hardware(ram_gib=ram_gib), gpus=specs)
+
+
+def pick(p, engine, precision, kv):
+    return next(c for c in p.candidates if (c.engine, c.precision, c.kv_cache_dtype) == (engine, precision, kv))
+
+
+def test_rtx_4090_bf16_numbers_follow_vllms_formula():
+    p = plan(QWEN, gpu_box("RTX 4090"), Request(engine="vllm", precision="bf16"))
+    c = p.choice
+    assert (c.engine, c.precision, c.kv_cache_dtype) == ("vllm", "bf16", "auto")
+    assert c.memory.kv_bytes_per_token == 147_456
+    # tested by hand in test_memory: 5480 blocks of 16 tokens
+    assert c.memory.kv_capacity_tokens == 87_680
+    assert c.memory.kv_cache_bytes == 87_680 * 147_456
+    # the context leaves the null block free: (5480 − 1) × 16 = 87,664
+    assert c.context == c.max_context == 87_664
+    assert c.concurrency == pytest.approx(5480 / (87_664 // 16))
+    assert c.engine_args["max-model-len"] == 87_664
+    assert c.engine_args["gpu-memory-utilization"] == 0.92
+    assert c.engine_args["dtype"] == "bfloat16"
+    assert "--api-key" not in c.command
+    fp8 = plan(QWEN, gpu_box("RTX 4090"), Request(engine="vllm", precision="bf16", kv_cache_dtype="fp8")).choice
+    assert fp8.memory.kv_bytes_per_token == 73_728
+    assert fp8.engine_args["kv-cache-dtype"] == "fp8"
+
+
+def test_full_context_needs_36_gib_of_16_bit_kv():
+    """At 262,144 tokens 16-bit KV alone is 36 GiB: no 16-24 GB GPU holds it; an H100 does."""
+    request = Request(context=262_144)
+    for name in ("RTX 4060 Ti 16GB", "RTX 4080", "RTX 4090"):
+        p = plan(QWEN, gpu_box(name), replace(request, engine="vllm", kv_cache_dtype="auto"))
+        assert p.choice is None, name
+        assert all("262,144 tokens need 36.00 GiB of KV" in c.reason for c in p.candidates if "cannot" not in c.reason)
+    h100 = plan(QWEN, gpu_box("H100 80GB"), replace(request, engine="vllm"))
+    assert h100.choice is not None and h100.choice.context == 262_144
+    assert h100.choice.precision == "bf16"  # the highest precision that reaches the context
+    # fp8 KV (18 GiB) with AWQ weights fits a 24 GB card? 2.5 GiB weights + ~2.4 GiB overhead + 18 GiB > 21.7 GiB
+    p4090 = plan(QWEN, gpu_box("RTX 4090"), replace(request, engine="vllm", kv_cache_dtype="fp8"))
+    assert p4090.choice is None
+
+
+def test_auto_prefers_highest_gpu_precision_reaching_32k_and_gives_it_the_longest_context():
+    p = plan(QWEN, gpu_box("RTX 4090"))
+    assert p.choice.engine == "vllm" and p.choice.precision == "bf16" and p.choice.kv_cache_dtype == "auto"
+    assert p.choice.context == p.choice.max_context >= 32_768
+
+
+def test_auto_falls_back_to_longest_context_when_nothing_reaches_32k():
+    # An 8 GiB RTX 4060 cannot hold BF16 (8.0 GB of weights); FP8 and AWQ fit, none reaches 32K,
+    # so auto takes the longest context (AWQ weights with an fp8 KV cache).
+    p = plan(QWEN, gpu_box("RTX 4060"), Request(engine="vllm"))
+    fitting = [c for c in p.candidates if c.fits]
+    assert fitting and all(c.context < 32_768 for c in fitting)
+    assert p.choice.context == max(c.context for c in fitting)
+    assert (p.choice.precision, p.choice.kv_cache_dtype) == ("awq", "fp8")
+    assert pick(p, "vllm", "bf16", "auto").fits is False
+    assert "no room for a KV cache" in pick(p, "vllm", "bf16", "auto").reason
+
+
+def test_cpu_balanced_chooses_a_4_bit_quant_and_quality_the_highest():
+    hw = make_hardware(ram_gib=32)
+    balanced = plan(QWEN, hw)
+    assert balanced.choice.engine == "llamacpp"
+    assert balanced.choice.precision == "q4_k_m"
+    assert balanced.choice.kv_cache_dtype == "f16"
+    quality = plan(QWEN, hw, Request(prefer="quality"))
+    assert quality.choice.precision == "q8_0"
+    speed = plan(QWEN, hw, Request(prefer="speed"))
+    assert speed.choice.decode_tokens_per_s == max(c.decode_tokens_per_s for c in speed.candidates if c.fits)
+
+
+def test_cpu_context_is_the_longest_that_fits_the_ram_budget():
+    hw = make_hardware(ram_gib=16)
+    c = plan(QWEN, hw).choice
+    budget = ram_budget(hw)  # 16 GiB − 1.6 GiB reserve
+    assert budget == 16 * GiB - int(16 * GiB * 0.1)
+    assert c.memory.total_bytes <= budget
+    assert c.context % 256 == 0
+    # 256 more tokens would not fit
+    from qwen_deploy.planner import llamacpp_estimate
+
+    bigger = llamacpp_estimate(
+        QWEN, c.artifact.weights_bytes, c.memory.parts["repacked_weights_bytes"], budget, c.context + 256, "f16"
+    )
+    assert bigger.total_bytes > budget
+    # llama.cpp flags are explicit, never the server's defaults
+    args = c.engine_args
+    assert args["n_ctx"] == c.context and args["logits_all"] is False and args["use_mlock"] is False
+    assert args["flash_attn"] is True and args["n_threads"] == 8 and args["n_threads_batch"] == 16
+    assert args["type_k"] == args["type_v"] == 1
+
+
+def test_exact_context_fits_or_says_why():
+    hw = make_hardware(ram_gib=8)
+    ok = plan(QWEN, hw, Request(context=8192))
+    assert ok.choice.context == 8192
+    too_long = plan(QWEN, hw, Request(context=262_144, engine="llamacpp", kv_cache_dtype="f16"))
+    assert too_long.choice is None
+    assert all("does not fit" in c.reason for c in too_long.candidates)
+    beyond = plan(QWEN, hw, Request(context=300_000))
+    assert beyond.choice is None
+    assert "beyond the model's limit of 262,144" in beyond.candidates[0].reason
+
+
+def test_nothing_fits_message_ends_with_a_fix():
+    hw = make_hardware(ram_gib=2)
+    p = plan(QWEN, hw)
+    assert p.choice is None
+    message = nothing_fits_message(p)
+    assert "Nothing fits" in message and "To fix:" in message
+    assert "needs" in message  # names how much more the nearest candidates need
+
+
+def test_max_orders_by_context_first():
+    p = plan(QWEN, make_hardware(ram_gib=32), Request(context="max"))
+    contexts = [c.context for c in p.candidates if c.fits]
+    assert p.choice.context == max(contexts) == 262_144
+
+
+def test_several_gpus_replicate_when_one_holds_the_target_and_split_when_not():
+    two_l4 = plan(QWEN, gpu_box("2xL4"), Request(engine="vllm", precision="bf16", context=32_768))
+    assert two_l4.choice.tensor_parallel_size == 1 and two_l4.choice.replicas == 2
+    assert two_l4.choice.engine_args["data-parallel-size"] == 2
+    # 131,072 tokens of 16-bit KV (18 GiB) + weights do not fit one L4 (22.5 GiB): split over both
+    long = plan(QWEN, gpu_box("2xL4"), Request(engine="vllm", precision="bf16", kv_cache_dtype="auto", context=131_072))
+    assert long.choice.tensor_parallel_size == 2 and long.choice.replicas == 1
+    assert long.choice.memory.kv_bytes_per_token == 73_728  # 4 of 8 KV heads per rank
+
+
+def test_compute_capability_rules():
+    t4 = plan(QWEN, gpu_box("T4"), Request(engine="vllm"))
+    bf16 = next(c for c in t4.candidates if c.artifact.precision == "bf16" and c.kv_cache_dtype == "auto")
+    assert bf16.precision == "fp16" and bf16.engine_args["dtype"] == "float16"  # no bf16 below 8.0
+    fp8_kv = [c for c in t4.candidates if c.kv_cache_dtype == "fp8"]
+    assert fp8_kv and all(not c.fits and "compute capability 8.0" in c.reason for c in fp8_kv)
+    v100 = plan(QWEN, gpu_box("V100 16GB"), Request(engine="vllm", precision="awq"))
+    assert all("7.5 or newer" in c.reason for c in v100.candidates)
+
+
+def test_busy_gpu_lowers_utilization_so_vllm_can_start():
+    hw = gpu_box("RTX 4090")
+    busy = replace(hw, gpus=(replace(hw.gpus[0], memory_free_bytes=20 * GiB),))
+    c = plan(QWEN, busy, Request(engine="vllm", precision="bf16")).choice
+    # (20 GiB − 0.5 GiB CUDA context) / 23.99 GiB (CUDA total 24563 MiB) = 0.8129 -> 0.81
+    assert c.gpu_memory_utilization == 0.81
+    assert "lowered to 0.81" in c.reason
+    pinned = plan(QWEN, busy, Request(engine="vllm", precision="bf16", gpu_memory_utilization=0.5)).choice
+    assert pinned.engine_args["gpu-memory-utilization"] == 0.5
+
+
+def test_planning_is_pure_and_deterministic():
+    hw = gpu_box("RTX 3090")
+    before = (hw, QWEN)
+    a, b = plan(QWEN, hw), plan(QWEN, hw)
+    assert a.to_dict() == b.to_dict()
+    assert (hw, QWEN) == before
+
+
+@pytest.mark.parametrize(
+    ("request_", "match"),
+    [
+        (Request(context=0), "positive"),
+        (Request(context="huge"), "auto"),
+        (Request(concurrency=0), "concurrency"),
+        (Request(prefer="cheap"), "prefer"),
+        (Request(gpu_memory_utilization=1.5), "fraction"),
+        (Request(kv_cache_dtype="int3"), "kv-cache-dtype"),
+        (Request(kv_cache_dtype="fp8", engine="llamacpp"), "vLLM cache type"),
+        (Request(precision="q2_k"), "not available"),
+    ],
+)
+def test_contradictory_or_bad_requests_are_usage_errors(request_, match):
+    with pytest.raises(UsageError, match=match):
+        plan(QWEN, make_hardware(), request_)
+
+
+def test_concurrency_on_cpu_says_llamacpp_serves_one_at_a_time():
+    p = plan(QWEN, make_hardware(), Request(concurrency=4))
+    assert p.choice is None
+    assert all("one request at a time" in c.reason for c in p.candidates)
+
+
+def test_vllm_concurrency_scales_the_context():
+    one = plan(QWEN, gpu_box("RTX 4090"), Request(engine="vllm", precision="bf16", kv_cache_dtype="auto")).choice
+    four = plan(
+        QWEN, gpu_box("RTX 4090"), Request(engine="vllm", precision="bf16", kv_cache_dtype="auto", concurrency=4)
+    ).choice
+    assert four.context == ((one.memory.parts["kv_blocks"] - 1) // 4) * memory.VLLM_BLOCK_SIZE
+    assert four.concurrency >= 4
+
+
+def test_plan_json_follows_the_schema():
+    d = plan(QWEN, gpu_box("RTX 4090")).to_dict()
+    assert d["schema"] == "qwen-deploy/plan/v1"
+    assert set(d) == {"schema", "model", "hardware", "request", "choice", "candidates"}
+    choice = d["choice"]
+    for key in (
+        "engine",
+        "device",
+        "precision",
+        "artifact",
+        "kv_cache_dtype",
+        "context",
+        "concurrency",
+        "tensor_parallel_size",
+        "replicas",
+        "fits",
+        "reason",
+        "memory",
+        "engine_args",
+        "command",
+    ):
+        assert key in choice
+    for key in (
+        "budget_bytes",
+        "weights_bytes",
+        "kv_bytes_per_token",
+        "kv_cache_bytes",
+        "overhead_bytes",
+        "total_bytes",
+        "kv_capacity_tokens",
+    ):
+        assert isinstance(choice["memory"][key], int)
+    assert d["candidates"][0] == choice
