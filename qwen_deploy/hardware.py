@@ -11,7 +11,6 @@ import contextlib
 import os
 import platform
 import re
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -510,7 +509,8 @@ def probe_disk(path: Path | None = None) -> Disk:
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    return Disk(path=str(path), free_bytes=shutil.disk_usage(existing).free)
+    st = os.statvfs(existing)
+    return Disk(path=str(path), free_bytes=st.f_bavail * st.f_frsize)
 
 
 def probe_cpu() -> CPU:

@@ -12,43 +12,39 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 GiB = 1024**3
 MiB = 1024**2
 
 # ----------------------------------------------------------------------------- KV cache element sizes
 
-# Bytes per element as a fraction: ggml block types store `block bytes` per `block size` elements
-# (ggml.c type_traits: q8_0 34 B / 32, q4_0 18/32, q4_1 20/32, q5_0 22/32, q5_1 24/32).
-KV_DTYPE_BYTES: dict[str, Fraction] = {
-    "auto": Fraction(2),  # vLLM: the model dtype (bf16/fp16 for every model we plan)
-    "bf16": Fraction(2),
-    "bfloat16": Fraction(2),
-    "fp16": Fraction(2),
-    "float16": Fraction(2),
-    "f16": Fraction(2),
-    "fp8": Fraction(1),
-    "fp8_e4m3": Fraction(1),
-    "fp8_e5m2": Fraction(1),
-    "f32": Fraction(4),
-    "q8_0": Fraction(34, 32),
-    "q5_1": Fraction(24, 32),
-    "q5_0": Fraction(22, 32),
-    "q4_1": Fraction(20, 32),
-    "q4_0": Fraction(18, 32),
+# (bytes per block, elements per block): ggml block types store `block bytes` per `block size` elements
+# (ggml-common.h: q8_0 34 B / 32, q4_0 18/32, q4_1 20/32, q5_0 22/32, q5_1 24/32).
+KV_DTYPE_BLOCKS: dict[str, tuple[int, int]] = {
+    "auto": (2, 1),  # vLLM: the model dtype (bf16/fp16 for every model we plan)
+    "bf16": (2, 1),
+    "bfloat16": (2, 1),
+    "fp16": (2, 1),
+    "float16": (2, 1),
+    "f16": (2, 1),
+    "fp8": (1, 1),
+    "fp8_e4m3": (1, 1),
+    "fp8_e5m2": (1, 1),
+    "f32": (4, 1),
+    "q8_0": (34, 32),
+    "q5_1": (24, 32),
+    "q5_0": (22, 32),
+    "q4_1": (20, 32),
+    "q4_0": (18, 32),
 }
-_GGML_BLOCK = {"q8_0": 32, "q5_1": 32, "q5_0": 32, "q4_1": 32, "q4_0": 32}
 
 
 def kv_row_bytes(n_elements: int, dtype: str) -> int:
     """Bytes of one cache row of `n_elements` (ggml_row_size); quantized rows must be whole blocks."""
-    block = _GGML_BLOCK.get(dtype, 1)
+    block_bytes, block = KV_DTYPE_BLOCKS[dtype]
     if n_elements % block:
         raise ValueError(f"{dtype} KV cache needs rows that are a multiple of {block} elements, not {n_elements}")
-    size = KV_DTYPE_BYTES[dtype] * n_elements
-    assert size.denominator == 1
-    return int(size)
+    return n_elements // block * block_bytes
 
 
 def kv_bytes_per_token(
@@ -152,8 +148,20 @@ def vllm_loaded_weights(checkpoint_bytes: int, tp: int, max_position: int, head_
     return math.ceil(checkpoint_bytes / tp) + max_position * head_dim * 2 + VLLM_LOAD_SLACK_BYTES
 
 
+# V0's sampler kept sorted values and indices, probabilities and log-probabilities: about 39 bytes per
+# logit (calibration vllm-03: 1.42 GiB activation peak = 256 sequences × 152,064 vocab × 39.2 B).
+VLLM_V0_SAMPLER_BYTES_PER_LOGIT = 39
+
+
 def vllm_activation_peak(
-    tokens: int, seqs: int, hidden: int, intermediate: int, vocab: int, tp: int = 1, dtype_bytes: int = 2
+    tokens: int,
+    seqs: int,
+    hidden: int,
+    intermediate: int,
+    vocab: int,
+    tp: int = 1,
+    dtype_bytes: int = 2,
+    sampler_bytes_per_logit: int | None = None,
 ) -> int:
     """Transient torch peak of vLLM's profile run (V1: a dummy forward of max_num_batched_tokens tokens,
     then the sampler on min(tokens, max_num_seqs) rows).
@@ -165,7 +173,8 @@ def vllm_activation_peak(
     """
     rows = min(tokens, seqs)
     forward = tokens * (3 * intermediate // tp + 3 * hidden) * dtype_bytes
-    sampler = tokens * hidden * dtype_bytes + (12 + dtype_bytes) * rows * vocab
+    per_logit = sampler_bytes_per_logit or (12 + dtype_bytes)
+    sampler = tokens * hidden * dtype_bytes + per_logit * rows * vocab
     return max(forward, sampler)
 
 
@@ -213,14 +222,24 @@ def vllm_memory(
         if weights_override_bytes is not None
         else vllm_loaded_weights(checkpoint_bytes, config.tp, max_position, head_dim)
     )
-    if config.legacy_v0_max_model_len is not None:
-        # V0 profiled one forward of max(max_model_len, max_num_batched_tokens) tokens (no chunked prefill
-        # below 32K) and had no CUDA-graph term.
+    legacy = config.legacy_v0_max_model_len is not None
+    if legacy and config.legacy_v0_max_model_len <= 32768:
+        # V0 profiled one forward of max(max_model_len, max_num_batched_tokens) tokens: it turned chunked
+        # prefill on by default only above 32K tokens. It also sampled with its heavier sampler, kept no
+        # Triton sampler buffer and had no CUDA-graph term.
         batched = max(config.legacy_v0_max_model_len, batched)
-    activation = vllm_activation_peak(batched, seqs, hidden, intermediate, vocab, config.tp)
-    non_torch = VLLM_NON_TORCH_BYTES + VLLM_SAMPLER_SM_COUNT * vocab * 4
+    activation = vllm_activation_peak(
+        batched,
+        seqs,
+        hidden,
+        intermediate,
+        vocab,
+        config.tp,
+        sampler_bytes_per_logit=VLLM_V0_SAMPLER_BYTES_PER_LOGIT if legacy else None,
+    )
+    non_torch = VLLM_NON_TORCH_BYTES + (0 if legacy else VLLM_SAMPLER_SM_COUNT * vocab * 4)
     graphs = 0
-    if config.cudagraphs and config.legacy_v0_max_model_len is None:
+    if config.cudagraphs and not legacy:
         graphs = vllm_cudagraph_count(seqs, batched) * VLLM_CUDAGRAPH_BYTES_PER_GRAPH
     kv_per_token = kv_bytes_per_token(layers, kv_heads, head_dim, config.kv_cache_dtype, config.tp, value_head_dim)
     available = budget - weights - non_torch - activation - graphs
@@ -357,6 +376,7 @@ class LlamacppConfig:
     flash_attn: bool = True
     n_seq: int = 1
     swa_full: bool = True
+    use_mmap: bool = True
 
 
 def llamacpp_memory(
@@ -370,16 +390,22 @@ def llamacpp_memory(
     n_ff: int,
     n_vocab: int,
     weights_bytes: int,
-    repacked_bytes: int,
     budget_bytes: int,
     config: LlamacppConfig,
+    repacked_bytes: int = 0,
+    repacked_source_bytes: int = 0,
     n_swa: int | None = None,
     value_head_dim: int | None = None,
 ) -> MemoryEstimate:
-    """RAM the llama-cpp-python server takes at n_ctx: mapped weights, repacked copies, KV, buffers, process.
+    """RAM the llama-cpp-python server takes at n_ctx: model buffers, KV, compute/output buffers, process.
 
-    Weights are mmap'ed (file-backed, resident once read); CPUs with AMX or repack kernels also keep a
-    repacked copy of the matrices in anonymous memory ('AMX/CPU_REPACK model buffer size').
+    Model buffers: with mmap the whole tensor data stays mapped and resident once read ('CPU_Mapped'), and
+    CPUs with repack kernels add a repacked copy of some matrices ('CPU_REPACK'); without mmap the file is
+    read into anonymous buffers and repacked tensors exist once ('CPU' + 'CPU_REPACK'). The planner turns
+    mmap off whenever something is repacked, so weights are never held twice.
+
+    The compute buffer is reserved for U outputs, but with logits_all off each ubatch asks for one, so the
+    logits rows are never touched: the total counts the resident part (compute_resident_bytes).
     """
     if config.type_v != "f16" and not config.flash_attn:
         raise ValueError("a quantized V cache needs flash attention in llama.cpp")
@@ -397,33 +423,33 @@ def llamacpp_memory(
         n_ubatch=config.n_ubatch,
         value_head_dim=value_head_dim,
     )
-    compute = llamacpp_compute_bytes(
-        cells,
-        n_ubatch=config.n_ubatch,
-        n_vocab=n_vocab,
-        n_embd=n_embd,
-        n_ff=n_ff,
-        n_head=n_head,
-        n_head_kv=kv_heads,
-        head_dim=head_dim,
-        flash_attn=config.flash_attn,
+    shape = {"n_ubatch": config.n_ubatch, "n_embd": n_embd, "n_ff": n_ff, "n_head": n_head, "n_head_kv": kv_heads}
+    compute = llamacpp_compute_bytes(cells, n_vocab=n_vocab, head_dim=head_dim, flash_attn=config.flash_attn, **shape)
+    # one output row per ubatch: the logits stage shrinks from (V + 2E)·U·4 to (V + 2E·U)·4
+    resident = min(
+        compute,
+        max(
+            llamacpp_compute_bytes(cells, n_vocab=0, head_dim=head_dim, flash_attn=config.flash_attn, **shape),
+            4 * (n_vocab + 2 * n_embd * config.n_ubatch),
+        ),
     )
     work = llamacpp_work_bytes(cells, n_ubatch=config.n_ubatch, n_head=n_head, flash_attn=config.flash_attn)
     output = llamacpp_output_bytes(n_vocab, config.n_seq)
-    per_token = kv // cells
-    overhead = repacked_bytes + compute + work + output + LLAMACPP_PROCESS_BYTES
+    model = weights_bytes + repacked_bytes - (0 if config.use_mmap else repacked_source_bytes)
+    overhead = resident + work + output + LLAMACPP_PROCESS_BYTES
     return MemoryEstimate(
         budget_bytes=budget_bytes,
-        weights_bytes=weights_bytes,
-        kv_bytes_per_token=per_token,
+        weights_bytes=model,
+        kv_bytes_per_token=kv // cells,
         kv_cache_bytes=kv,
         overhead_bytes=overhead,
-        total_bytes=weights_bytes + kv + overhead,
+        total_bytes=model + kv + overhead,
         kv_capacity_tokens=cells,
         parts={
             "n_ctx_padded": cells,
             "repacked_weights_bytes": repacked_bytes,
             "compute_buffer_bytes": compute,
+            "compute_resident_bytes": resident,
             "work_buffer_bytes": work,
             "output_buffer_bytes": output,
             "process_bytes": LLAMACPP_PROCESS_BYTES,
@@ -519,10 +545,10 @@ def _repack_supported(type_name: str, ne1: int, flags: frozenset[str]) -> bool:
     return False
 
 
-def llamacpp_repacked_bytes(
+def llamacpp_repack(
     tensors: tuple[tuple[str, str, int, int, int], ...], cpu_flags: tuple[str, ...], amx: bool = False
-) -> int:
-    """Bytes of the 'AMX' / 'CPU_REPACK' model buffers llama.cpp fills besides the mmap'ed file.
+) -> tuple[int, int]:
+    """(bytes of the tensors llama.cpp repacks, bytes of the 'AMX' / 'CPU_REPACK' buffers holding the copies).
 
     Every matrix a MUL_MAT reads goes to the first extra buffer type that takes it (AMX, then REPACK):
     the 2-D weights, and token_embd too when there is no separate output.weight (tied embeddings). Checked
@@ -535,17 +561,17 @@ def llamacpp_repacked_bytes(
     flags = frozenset(cpu_flags)
     names = {t[0] for t in tensors}
     amx = amx and "amx_int8" in flags
-    total = 0
+    source = total = 0
     for name, type_name, ne0, ne1, nbytes in tensors:
         if ne1 <= 1 or type_name not in _GGML_WEIGHT_BLOCKS:
             continue
         if name == "token_embd.weight" and "output.weight" in names:
             continue  # only read by GET_ROWS, which stays on the plain CPU buffer
         if amx and type_name in _AMX_ALIGN and ne0 % _AMX_ALIGN[type_name] == 0 and ne1 % 32 == 0:
-            total += _amx_bytes(type_name, ne0, ne1)
+            source, total = source + nbytes, total + _amx_bytes(type_name, ne0, ne1)
         elif _repack_supported(type_name, ne1, flags):
-            total += nbytes
-    return total
+            source, total = source + nbytes, total + nbytes
+    return source, total
 
 
 # Main ggml type of each GGUF precision, for estimating tensors when only a profile (no file) is known.

@@ -178,6 +178,8 @@ def load_profile(name: str) -> ModelSpec:
 
     wanted = name.strip().lower()
     names = profile_names()
+    if wanted in names:  # the common case: parse one file, not all of them
+        return _spec_from_profile(wanted, load_profile_yaml(f"models/{wanted}.yaml"))
     for candidate in names:
         raw = load_profile_yaml(f"models/{candidate}.yaml")
         keys = {candidate, raw["id"].lower(), *(str(a).lower() for a in raw.get("aliases", ()))}

@@ -174,10 +174,15 @@ def cuda_total(gpu: GPU) -> int:
 
 
 def ram_budget(hw: Hardware) -> int:
-    """RAM llama.cpp may plan on: total minus a reserve for the OS, and never more than is free now."""
+    """RAM llama.cpp may plan on: total minus a reserve for the OS, and never more than is free now.
+
+    Free memory is taken in whole GiB (rounded down) so that the few MiB it drifts between two runs do
+    not change the plan: `probe --json > hw.json; plan --hardware hw.json` equals `plan`.
+    """
     total = hw.memory.total_bytes
     reserve = max(RAM_RESERVE_MIN_BYTES, int(total * RAM_RESERVE_FRACTION))
-    return max(0, min(total - reserve, hw.memory.available_bytes))
+    available = hw.memory.available_bytes // 1024**3 * 1024**3
+    return max(0, min(total - reserve, available))
 
 
 def _vllm_precision(artifact_precision: str, gpu: GPU) -> tuple[str, str, str | None]:
@@ -440,17 +445,25 @@ def _llamacpp_candidates(model: ModelSpec, hw: Hardware, request: Request) -> li
             precision=art.precision,
             file_bytes=art.weights_bytes,
         )
-        repacked = memory.llamacpp_repacked_bytes(tensors, hw.cpu.flags)
+        repack = memory.llamacpp_repack(tensors, hw.cpu.flags)
         for kv in llamacpp.KV_TYPES:
             if request.kv_cache_dtype and _kv_class(request.kv_cache_dtype, "llamacpp") != kv:
                 continue
-            out.append(_llamacpp_candidate(model, art, hw, budget, repacked, kv, request))
+            out.append(_llamacpp_candidate(model, art, hw, budget, repack, kv, request))
     return out
 
 
 def llamacpp_estimate(
-    model: ModelSpec, weights_bytes: int, repacked: int, budget: int, n_ctx: int, kv: str, flash_attn: bool = True
+    model: ModelSpec,
+    weights_bytes: int,
+    repack: tuple[int, int],
+    budget: int,
+    n_ctx: int,
+    kv: str,
+    flash_attn: bool = True,
 ) -> memory.MemoryEstimate:
+    """llama.cpp's memory for this model at n_ctx; mmap only when nothing is repacked (no double weights)."""
+    source, repacked = repack
     return memory.llamacpp_memory(
         layers=model.layers,
         swa_layers=len(model.sliding_window_layers),
@@ -463,17 +476,18 @@ def llamacpp_estimate(
         n_vocab=model.vocab_size,
         weights_bytes=weights_bytes,
         repacked_bytes=repacked,
+        repacked_source_bytes=source,
         budget_bytes=budget,
         n_swa=model.sliding_window,
-        config=memory.LlamacppConfig(n_ctx=n_ctx, type_k=kv, type_v=kv, flash_attn=flash_attn),
+        config=memory.LlamacppConfig(n_ctx=n_ctx, type_k=kv, type_v=kv, flash_attn=flash_attn, use_mmap=not repacked),
     )
 
 
 def _llamacpp_candidate(
-    model: ModelSpec, art: Artifact, hw: Hardware, budget: int, repacked: int, kv: str, request: Request
+    model: ModelSpec, art: Artifact, hw: Hardware, budget: int, repack: tuple[int, int], kv: str, request: Request
 ) -> Candidate:
     def estimate(n_ctx: int) -> memory.MemoryEstimate:
-        return llamacpp_estimate(model, art.weights_bytes, repacked, budget, n_ctx, kv)
+        return llamacpp_estimate(model, art.weights_bytes, repack, budget, n_ctx, kv)
 
     limit = (model.max_context // memory.LLAMACPP_CTX_PAD) * memory.LLAMACPP_CTX_PAD
     max_context = min(
@@ -490,15 +504,11 @@ def _llamacpp_candidate(
             f"--concurrency {request.concurrency:g} needs vLLM on a GPU"
         )
     elif fits:
+        repacked = est.parts["repacked_weights_bytes"]
         reason = (
-            f"fits: {format_size(est.weights_bytes)} weights (mmap)"
-            + (
-                f" + {format_size(est.parts['repacked_weights_bytes'])} repacked"
-                if est.parts["repacked_weights_bytes"]
-                else ""
-            )
-            + f" + {format_size(est.kv_cache_bytes)} KV + "
-            f"{format_size(est.overhead_bytes - est.parts['repacked_weights_bytes'])} buffers/process "
+            f"fits: {format_size(est.weights_bytes)} weights"
+            + (f" ({format_size(repacked)} repacked for this CPU, read without mmap)" if repacked else " (mmap)")
+            + f" + {format_size(est.kv_cache_bytes)} KV + {format_size(est.overhead_bytes)} buffers/process "
             f"in {format_size(budget)} of RAM"
         )
     elif max_context == 0 and wanted <= model.max_context:
@@ -519,6 +529,7 @@ def _llamacpp_candidate(
         threads_batch=max(threads, hw.cpu.logical_cores),
         host=request.host,
         port=request.port,
+        use_mmap=not repack[1],
     )
     bandwidth = hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS
     speed = _decode_speed(bandwidth, CPU_DECODE_EFFICIENCY, art.weights_bytes, est.kv_bytes_per_token, ctx_for_args)

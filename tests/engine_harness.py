@@ -63,6 +63,17 @@ class Server:
     def complete(self, prompt: str, max_tokens: int = 1, **extra) -> dict:
         return _post(f"{self.base}/v1/completions", {"prompt": prompt, "max_tokens": max_tokens, **extra})
 
+    def count_tokens(self, text: str) -> int:
+        return len(_post(f"{self.base}/extras/tokenize", {"input": text})["tokens"])
+
+    def prompt_of(self, n_tokens: int, unit: str = "the quick brown fox jumps over the lazy dog ") -> str:
+        """A prompt of about n_tokens tokens in this server's tokenizer (never more)."""
+        text = unit * max(1, n_tokens)
+        count = self.count_tokens(text)
+        if count > n_tokens:
+            text = text[: len(text) * n_tokens // count]
+        return text
+
     def chat(self, content: str, max_tokens: int = 16, **extra) -> dict:
         body = {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, **extra}
         return _post(f"{self.base}/v1/chat/completions", body)

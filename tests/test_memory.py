@@ -128,7 +128,15 @@ def test_llamacpp_output_buffer():
 
 
 def test_llamacpp_memory_adds_up():
-    est = memory.llamacpp_memory(
+    """Qwen3-4B Q4_K_M file at n_ctx 4000 (-> 4096 cells), f16 KV, flash attention, U = 512.
+
+    KV        576 MiB
+    compute   reserved 306.75 MiB (logits stage); resident: the MLP stage, one logits row per ubatch:
+              mask 4096 × 512 × 2 = 4,194,304 + (3 × 9728 + 4 × 2560) × 512 × 4 = 80,740,352 -> 84,934,656
+    output    151936 × 4 = 607,744;  process 160 MiB
+    weights   mmap: the file's tensors + the repacked copy; without mmap the repacked tensors count once
+    """
+    common = dict(
         layers=36,
         swa_layers=0,
         kv_heads=8,
@@ -138,15 +146,20 @@ def test_llamacpp_memory_adds_up():
         n_ff=9728,
         n_vocab=151936,
         weights_bytes=2_497_281_120,
-        repacked_bytes=1000,
         budget_bytes=20 * GiB,
-        config=memory.LlamacppConfig(n_ctx=4000),
+        repacked_bytes=1_000_000,
+        repacked_source_bytes=1_000_000,
     )
-    # n_ctx 4000 -> 4096 cells; KV 576 MiB; compute 306.75 MiB; output 607,744 B; process 160 MiB; repacked 1000 B
+    est = memory.llamacpp_memory(**common, config=memory.LlamacppConfig(n_ctx=4000))
     assert est.kv_capacity_tokens == 4096
     assert est.kv_cache_bytes == 576 * MiB
-    assert est.overhead_bytes == 1000 + int(306.75 * MiB) + 607_744 + 160 * MiB
-    assert est.total_bytes == 2_497_281_120 + 576 * MiB + est.overhead_bytes
+    assert est.parts["compute_buffer_bytes"] == int(306.75 * MiB)
+    assert est.parts["compute_resident_bytes"] == 84_934_656
+    assert est.overhead_bytes == 84_934_656 + 607_744 + 160 * MiB
+    assert est.weights_bytes == 2_497_281_120 + 1_000_000
+    assert est.total_bytes == est.weights_bytes + 576 * MiB + est.overhead_bytes
+    no_mmap = memory.llamacpp_memory(**common, config=memory.LlamacppConfig(n_ctx=4000, use_mmap=False))
+    assert no_mmap.weights_bytes == 2_497_281_120
 
 
 def test_quantized_v_cache_needs_flash_attention():
@@ -161,7 +174,6 @@ def test_quantized_v_cache_needs_flash_attention():
             n_ff=256,
             n_vocab=1024,
             weights_bytes=1,
-            repacked_bytes=0,
             budget_bytes=GiB,
             config=memory.LlamacppConfig(n_ctx=512, type_k="q8_0", type_v="q8_0", flash_attn=False),
         )
@@ -182,18 +194,18 @@ def test_repacked_bytes_follow_the_engine_rules():
         ("blk.0.ffn_down.weight", "Q8_0", 9728, 2560, 26_460_160),
         ("blk.0.attn_norm.weight", "F32", 2560, 1, 10_240),
     )
-    # AVX2: Q4_0/Q4_K with ne1 % 8 == 0 -> only attn_q
-    assert memory.llamacpp_repacked_bytes(tensors, ("avx2",)) == 5_898_240
+    # AVX2: Q4_0/Q4_K with ne1 % 8 == 0 -> only attn_q; the repacked copy has the same size
+    assert memory.llamacpp_repack(tensors, ("avx2",)) == (5_898_240, 5_898_240)
     # arm64 with dotprod: Q4_K, Q6_K (ne1 % 8), Q4_0 and Q8_0 (ne1 % 4: 1028 qualifies); token_embd stays on
     # the plain buffer because an output.weight exists
-    assert (
-        memory.llamacpp_repacked_bytes(tensors, ("neon", "asimddp")) == 319_094_784 + 5_898_240 + 1_480_320 + 26_460_160
-    )
+    arm = 319_094_784 + 5_898_240 + 1_480_320 + 26_460_160
+    assert memory.llamacpp_repack(tensors, ("neon", "asimddp")) == (arm, arm)
     # No SIMD flags: nothing
-    assert memory.llamacpp_repacked_bytes(tensors, ()) == 0
+    assert memory.llamacpp_repack(tensors, ()) == (0, 0)
     # AMX build: Q6_K row = 10 blocks × 210 B; Q4_K row = 10 × 144 + 10 × 4; Q8_0 row = 304 × 34 + 304 × 4
-    amx = memory.llamacpp_repacked_bytes(tensors, ("amx_int8", "avx2"), amx=True)
+    source, amx = memory.llamacpp_repack(tensors, ("amx_int8", "avx2"), amx=True)
     assert amx == 151936 * 2100 + 4096 * 1480 + 2560 * 304 * 38  # attn_v: ne1 % 32 != 0 and not AVX2-repackable
+    assert source == 319_094_784 + 5_898_240 + 26_460_160
 
 
 # ----------------------------------------------------------------------------- vLLM

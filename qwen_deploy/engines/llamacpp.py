@@ -36,6 +36,7 @@ def engine_args(
     n_batch: int = DEFAULT_N_BATCH,
     n_ubatch: int = DEFAULT_N_UBATCH,
     flash_attn: bool = True,
+    use_mmap: bool = True,
 ) -> dict[str, Any]:
     """Flag -> value, in the order the command passes them."""
     return {
@@ -52,7 +53,7 @@ def engine_args(
         "type_k": GGML_TYPE_IDS[type_k],
         "type_v": GGML_TYPE_IDS[type_v],
         "logits_all": False,
-        "use_mmap": True,
+        "use_mmap": use_mmap,
         "use_mlock": False,
         "n_gpu_layers": 0,
         "verbose": True,
