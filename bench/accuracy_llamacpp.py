@@ -68,7 +68,7 @@ def measure(model_path: Path, n_ctx: int, kv: str, flash_attn: bool, workdir: Pa
     model_real = sum(reported["model_buffers"].values())
     return {
         "model": model_path.stem,
-        "n_ctx": est.parts["n_ctx_padded"],
+        "n_ctx": est.counts["n_ctx_padded"],
         "kv": kv,
         "fa": "on" if flash_attn else "off",
         "kv_pred": est.kv_cache_bytes,
@@ -97,7 +97,10 @@ def main() -> None:
         contexts = [2048, 8192] if args.quick else [2048, 8192, 32768]
         settings = [("f16", True), ("q8_0", True)] + ([] if args.quick else [("f16", False)])
         rows = []
+        limits = {m: spec_from_gguf(m).max_context for m in models}
         for model, n_ctx, (kv, fa) in itertools.product(models, contexts, settings):
+            if n_ctx > limits[model]:
+                continue  # SmolLM2 stops at 8192 tokens
             row = measure(model, n_ctx, kv, fa, work)
             rows.append(row)
             print(row, flush=True)

@@ -104,7 +104,7 @@ def _plan_options(func):
             metavar="N|auto|max",
             help="Context: exactly N tokens, auto (best candidate reaching 32K), or max (longest first).",
         ),
-        click.option("--min-context", type=int, default=4096, show_default=True, help="Shortest useful context."),
+        click.option("--min-context", type=int, help="Shortest useful context (default 4096, or the model's limit)."),
         click.option(
             "--concurrency",
             type=float,
@@ -140,7 +140,7 @@ def build_plan(
     cpus: int | None,
     no_gpu: bool,
     context: str,
-    min_context: int,
+    min_context: int | None,
     concurrency: float,
     engine: str | None,
     precision: str | None,
@@ -153,12 +153,12 @@ def build_plan(
     """Resolve the options into hardware, model and request, and plan. Shared by plan (and up/render)."""
     from qwen_deploy import hardware as hw_mod
     from qwen_deploy import planner
-    from qwen_deploy.model import resolve_model
+    from qwen_deploy.model import resolve_model, with_cached_files
 
     _check_host_port(host, port)
     base = hw_mod.load_hardware(hardware_file) if hardware_file else hw_mod.probe()
     hw = hw_mod.simulate(base, gpus=gpus, vram=vram, ram=ram, cpus=cpus, no_gpu=no_gpu)
-    model = resolve_model(model_ref)
+    model = with_cached_files(resolve_model(model_ref), hw_mod.models_dir())
     request = planner.Request(
         context=_context_value(context),
         min_context=min_context,

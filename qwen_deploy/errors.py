@@ -27,7 +27,3 @@ class NothingFitsError(QwenDeployError):
     """No candidate fits the hardware; the message ends with a 'To fix:' hint."""
 
     exit_code = EXIT_NOTHING_FITS
-
-    def __init__(self, message: str, plan: object | None = None) -> None:
-        super().__init__(message)
-        self.plan = plan

@@ -138,6 +138,7 @@ def _optional_int(data: dict[str, Any], key: str, where: str) -> int | None:
 
 
 _CC_RE = re.compile(r"^\d+\.\d+$")
+MIN_GPU_BYTES = 1024**3
 
 
 def hardware_from_dict(data: Any, where: str = "hardware file") -> Hardware:
@@ -176,6 +177,8 @@ def hardware_from_dict(data: Any, where: str = "hardware file") -> Hardware:
         cc = _field(gpu_d, "compute_capability", str, w)
         if not _CC_RE.match(cc):
             raise UsageError(f"{w}: compute_capability must look like '8.9', not {cc!r}.")
+        if _field(gpu_d, "memory_total_bytes", int, w) < MIN_GPU_BYTES:
+            raise UsageError(f"{w}: memory_total_bytes must be at least 1 GiB for a GPU that can serve a model.")
         gpus.append(
             GPU(
                 index=_field(gpu_d, "index", int, w),
@@ -267,17 +270,27 @@ def lookup_gpu(name: str) -> CatalogGPU:
 
 
 _COUNT_RE = re.compile(r"^\s*(\d+)\s*[x×*]\s*(.+?)\s*$", re.IGNORECASE)
+_COUNT_AFTER_RE = re.compile(r"^\s*(.+?)\s*[x×*]\s*(\d+)\s*$", re.IGNORECASE)
 
 
 def parse_gpu_spec(spec: str) -> tuple[int, CatalogGPU]:
-    """'RTX 4090' -> (1, entry); '2xL4' -> (2, entry)."""
-    match = _COUNT_RE.match(spec)
-    count, name = (int(match.group(1)), match.group(2)) if match else (1, spec.strip())
+    """'RTX 4090' -> (1, entry); '2xL4', '2 x L4' or 'L4x2' -> (2, entry)."""
+    readings = [(1, spec.strip())]
+    if m := _COUNT_RE.match(spec):
+        readings.append((int(m.group(1)), m.group(2)))
+    if m := _COUNT_AFTER_RE.match(spec):
+        readings.append((int(m.group(2)), m.group(1)))
+    catalog = gpu_catalog()
+    for count, name in readings:
+        entry = find_catalog_gpu(name, catalog)
+        if entry:
+            if not 1 <= count <= 64:
+                raise UsageError(f"--gpu {spec!r}: the count must be between 1 and 64 ('2xL4' or 'L4x2').")
+            return count, entry
+    count, name = readings[-1]
     if not name:
         raise UsageError(f"--gpu {spec!r} names no GPU; write a catalog name such as 'RTX 4090' or '2xL4'.")
-    if count < 1 or count > 64:
-        raise UsageError(f"--gpu {spec!r}: the count must be between 1 and 64.")
-    return count, lookup_gpu(name)
+    return count, lookup_gpu(name)  # raises with the closest names
 
 
 # A GPU described only by --vram: Ada-class capabilities and a mid-range bandwidth (assumptions, stated
@@ -321,8 +334,8 @@ def simulate(
                 )
         if vram is not None:
             size = parse_size(vram)
-            if size <= 0:
-                raise UsageError("--vram must be more than zero bytes.")
+            if size < MIN_GPU_BYTES:
+                raise UsageError(f"--vram {vram} is less than 1 GiB; no model this tool plans fits in that.")
             if not cards:
                 cards = [
                     GPU(

@@ -74,8 +74,10 @@ class MemoryEstimate:
     overhead_bytes: int
     total_bytes: int
     kv_capacity_tokens: int
-    # The named parts of overhead_bytes, for the breakdown table and the benchmarks.
+    # The named parts (bytes) behind the totals, for the breakdown table and the benchmarks.
     parts: dict[str, int] = field(default_factory=dict)
+    # Counts the arithmetic used (KV blocks, batch limits, padded n_ctx): not bytes.
+    counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -87,6 +89,7 @@ class MemoryEstimate:
             "total_bytes": self.total_bytes,
             "kv_capacity_tokens": self.kv_capacity_tokens,
             "parts": dict(self.parts),
+            "counts": dict(self.counts),
         }
 
 
@@ -261,10 +264,8 @@ def vllm_memory(
             "activation_peak_bytes": activation,
             "non_torch_bytes": non_torch,
             "cuda_graph_bytes": graphs,
-            "max_num_batched_tokens": batched,
-            "max_num_seqs": seqs,
-            "kv_blocks": blocks,
         },
+        counts={"max_num_batched_tokens": batched, "max_num_seqs": seqs, "kv_blocks": blocks},
     )
 
 
@@ -445,8 +446,8 @@ def llamacpp_memory(
         overhead_bytes=overhead,
         total_bytes=model + kv + overhead,
         kv_capacity_tokens=cells,
+        counts={"n_ctx_padded": cells},
         parts={
-            "n_ctx_padded": cells,
             "repacked_weights_bytes": repacked_bytes,
             "compute_buffer_bytes": compute,
             "compute_resident_bytes": resident,

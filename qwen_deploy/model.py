@@ -8,8 +8,6 @@ because it pulls in numpy).
 from __future__ import annotations
 
 import json
-import os
-import re
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,10 +64,6 @@ class ModelSpec:
     parameters: int | None = None
     artifacts: tuple[Artifact, ...] = field(default=())
     name: str = ""
-
-    @property
-    def full_attention_layers(self) -> int:
-        return self.layers - len(self.sliding_window_layers)
 
     def artifact(self, engine: str, precision: str) -> Artifact | None:
         for art in self.artifacts:
@@ -195,6 +189,20 @@ def load_profile(name: str) -> ModelSpec:
     )
 
 
+def with_cached_files(spec: ModelSpec, hub_cache: Path) -> ModelSpec:
+    """The spec with `path` filled in for GGUF artifacts already in the Hugging Face cache
+    (hub_cache/models--ORG--NAME/snapshots/REV/FILE), so plans name the file the engine will load."""
+    arts = []
+    for art in spec.artifacts:
+        if art.engine == "llamacpp" and art.file and not art.path:
+            folder = hub_cache / ("models--" + art.repo.replace("/", "--")) / "snapshots"
+            found = sorted(folder.glob(f"*/{art.file}")) if folder.is_dir() else []
+            if found:
+                art = replace(art, path=str(found[-1]))
+        arts.append(art)
+    return replace(spec, artifacts=tuple(arts))
+
+
 def resolve_model(ref: str | None) -> ModelSpec:
     """--model: a profile name/id, an HF folder with config.json, or a .gguf file."""
     if ref is None:
@@ -229,10 +237,13 @@ def safetensors_bytes(folder: Path) -> int | None:
                 header = json.loads(handle.read(length))
         except (OSError, ValueError, struct.error) as exc:
             raise UsageError(f"{file} is not a readable safetensors file ({exc}).") from None
-        for key, info in header.items():
-            if key != "__metadata__":
-                start, end = info["data_offsets"]
-                total += end - start
+        try:
+            for key, info in header.items():
+                if key != "__metadata__":
+                    start, end = info["data_offsets"]
+                    total += int(end) - int(start)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise UsageError(f"{file} has a malformed safetensors header (tensor offsets unreadable).") from None
     return total
 
 
@@ -246,20 +257,34 @@ def spec_from_hf_dir(folder: Path) -> ModelSpec:
         raise UsageError(f"cannot read {config_path}: {exc}.") from None
     if not isinstance(config, dict):
         raise UsageError(f"{config_path} is not a JSON object.")
-    config = {**config.get("text_config", {}), **config}  # multimodal wrappers keep the LM in text_config
+    text_config = config.get("text_config")
+    if isinstance(text_config, dict):  # multimodal wrappers keep the LM in text_config
+        config = {**text_config, **config}
 
-    def need(*keys: str) -> Any:
+    def positive(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UsageError(f"{config_path}: {key!r} must be a positive integer, not {value!r}.")
+        return value
+
+    def need(*keys: str) -> int:
         for key in keys:
-            if isinstance(config.get(key), int) and config[key] > 0:
-                return config[key]
+            if key in config:
+                return positive(key, config[key])
         raise UsageError(f"{config_path} lacks {keys[0]!r} (a positive integer); is this a decoder LM?")
+
+    def optional(key: str, default: int) -> int:
+        return positive(key, config[key]) if config.get(key) is not None else default
 
     layers = need("num_hidden_layers", "n_layer", "num_layers")
     hidden = need("hidden_size", "n_embd", "d_model")
     heads = need("num_attention_heads", "n_head")
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or hidden // heads
+    kv_heads = optional("num_key_value_heads", heads)
+    if hidden // heads == 0 and config.get("head_dim") is None:
+        raise UsageError(f"{config_path}: hidden_size {hidden} is smaller than num_attention_heads {heads}.")
+    head_dim = optional("head_dim", hidden // heads)
     window = config.get("sliding_window")
+    if window is not None and not (isinstance(window, int) and not isinstance(window, bool) and window > 0):
+        window = None
     swa_layers: tuple[int, ...] = ()
     layer_types = config.get("layer_types")
     if isinstance(layer_types, list) and len(layer_types) == layers:
@@ -267,7 +292,7 @@ def spec_from_hf_dir(folder: Path) -> ModelSpec:
     elif window and config.get("use_sliding_window", True):
         max_window_layers = config.get("max_window_layers")
         if config.get("use_sliding_window") is True and isinstance(max_window_layers, int):
-            swa_layers = tuple(range(max_window_layers, layers))  # Qwen2 convention
+            swa_layers = tuple(range(max(0, max_window_layers), layers))  # Qwen2 convention
         elif "use_sliding_window" not in config:
             swa_layers = tuple(range(layers))  # Mistral/Phi-3 style: every layer slides
     if not swa_layers:
@@ -275,22 +300,24 @@ def spec_from_hf_dir(folder: Path) -> ModelSpec:
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
     quant = config.get("quantization_config") or {}
     method = str(quant.get("quant_method", "")).lower() if isinstance(quant, dict) else ""
+    architectures = config.get("architectures")
+    architecture = architectures[0] if isinstance(architectures, list) and architectures else config.get("model_type")
     precision = _QUANT_PRECISION.get(method) or ("fp16" if "16" in dtype and "b" not in dtype else "bf16")
     weights = safetensors_bytes(folder)
     base = ModelSpec(
         id=str(config.get("_name_or_path") or folder.name),
         name=folder.name,
         source=str(config_path),
-        architecture=str((config.get("architectures") or [config.get("model_type", "unknown")])[0]),
+        architecture=str(architecture or "unknown"),
         layers=layers,
         hidden_size=hidden,
-        intermediate_size=config.get("intermediate_size") or 4 * hidden,
+        intermediate_size=optional("intermediate_size", 4 * hidden),
         attention_heads=heads,
         kv_heads=kv_heads,
         head_dim=head_dim,
         value_head_dim=head_dim,
         vocab_size=need("vocab_size"),
-        max_context=config.get("max_position_embeddings") or config.get("n_positions") or 4096,
+        max_context=optional("max_position_embeddings", optional("n_positions", 4096)),
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         dtype=dtype,
         sliding_window=window,
@@ -307,7 +334,9 @@ def spec_from_hf_dir(folder: Path) -> ModelSpec:
         repo=str(folder.resolve()),
         file=None,
         weights_bytes=weights,
-        quantization=method or None,
+        # vLLM detects the method from quantization_config and picks the best kernel (awq -> awq_marlin);
+        # passing --quantization awq would force the slower fp16-only kernel
+        quantization="fp8" if method == "fp8" else None,
         source="safetensors headers" if exact else "parameter count x bytes per parameter",
         path=str(folder.resolve()),
     )
@@ -381,13 +410,13 @@ def spec_from_gguf(path: Path) -> ModelSpec:
     layers = key("block_count")
     hidden = key("embedding_length")
     heads = key("attention.head_count")
+    if isinstance(heads, list):  # per-layer counts (some architectures); the planner takes the largest
+        heads = max(heads, default=0)
     if not all(isinstance(v, int) and v > 0 for v in (layers, hidden, heads)):
         raise UsageError(f"{path}: GGUF header lacks block_count/embedding_length/head_count for {arch!r}.")
     kv_heads = key("attention.head_count_kv") or heads
-    if isinstance(kv_heads, list):  # per-layer counts (some architectures); the planner takes the largest
-        kv_heads = max(kv_heads)
-    if isinstance(heads, list):
-        heads = max(heads)
+    if isinstance(kv_heads, list):
+        kv_heads = max(kv_heads, default=heads)
     head_dim = key("attention.key_length") or hidden // heads
     value_dim = key("attention.value_length") or head_dim
     window = key("attention.sliding_window")
@@ -448,12 +477,3 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         tensors=tensors,
     )
     return replace(spec, artifacts=(artifact,))
-
-
-def valid_model_ref(text: str) -> bool:
-    """A profile name or HF id: letters, digits, '._-/' only (no spaces, quotes or newlines)."""
-    return bool(re.fullmatch(r"[A-Za-z0-9._/-]{1,200}", text)) and ".." not in text.split("/")
-
-
-def is_local(ref: str | None) -> bool:
-    return ref is not None and (os.path.sep in ref or Path(ref).exists())

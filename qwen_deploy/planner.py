@@ -68,7 +68,7 @@ CUDA_RESERVED_FRACTION = 0.015
 @dataclass(frozen=True)
 class Request:
     context: int | str = "auto"  # an int, "auto" or "max"
-    min_context: int = DEFAULT_MIN_CONTEXT
+    min_context: int | None = None  # None: 4096, or the model's limit when that is shorter
     concurrency: float = 1.0
     engine: str | None = None
     precision: str | None = None
@@ -174,15 +174,15 @@ def cuda_total(gpu: GPU) -> int:
 
 
 def ram_budget(hw: Hardware) -> int:
-    """RAM llama.cpp may plan on: total minus a reserve for the OS, and never more than is free now.
+    """RAM llama.cpp may plan on: the total (cgroup limit applied) minus a reserve for the system.
 
-    Free memory is taken in whole GiB (rounded down) so that the few MiB it drifts between two runs do
-    not change the plan: `probe --json > hw.json; plan --hardware hw.json` equals `plan`.
+    The plan is for the machine, not for this second: memory that other programs hold now drifts from run
+    to run, so it does not move the budget (`probe --json > hw.json; plan --hardware hw.json` equals
+    `plan`); a candidate that needs more than is available now says so in its reason.
     """
     total = hw.memory.total_bytes
     reserve = max(RAM_RESERVE_MIN_BYTES, int(total * RAM_RESERVE_FRACTION))
-    available = hw.memory.available_bytes // 1024**3 * 1024**3
-    return max(0, min(total - reserve, available))
+    return max(0, total - reserve)
 
 
 def _vllm_precision(artifact_precision: str, gpu: GPU) -> tuple[str, str, str | None]:
@@ -248,13 +248,19 @@ def _vllm_candidates(model: ModelSpec, hw: Hardware, request: Request) -> list[C
     total = cuda_total(gpu)
     default_util = memory.VLLM_GPU_MEMORY_UTILIZATION
     util = request.gpu_memory_utilization or default_util
+    free = min(min(g.memory_free_bytes, cuda_total(g)) for g in hw.gpus)
+    # vLLM refuses to start when free memory is below total × utilization (v1/worker/utils.py request_memory)
+    fits_free = math.floor((free - CUDA_CONTEXT_BYTES) / total * 100) / 100 if total > 0 else 0.0
+    busy: str | None = None
     free_limited = False
-    if request.gpu_memory_utilization is None:
-        # Lower the fraction when other processes hold memory: vLLM refuses to start otherwise.
-        free = min(min(g.memory_free_bytes, cuda_total(g)) for g in hw.gpus)
-        fits_free = math.floor((free - CUDA_CONTEXT_BYTES) / total * 100) / 100
-        if fits_free < util:
-            util, free_limited = max(0.0, fits_free), True
+    if fits_free < util:
+        if request.gpu_memory_utilization is None and fits_free >= 0.05:
+            util, free_limited = fits_free, True  # lower the fraction so that vLLM can start
+        else:
+            busy = (
+                f"only {format_size(free)} of {format_size(total)} GPU memory is free; vLLM needs "
+                f"{util:.2f} of it ({format_size(int(total * util))}) free at start-up"
+            )
     tps = [t for t in (1, 2, 4, 8) if t <= n_gpus and model.attention_heads % t == 0]
     target = _target(request, model)
     out = []
@@ -267,7 +273,7 @@ def _vllm_candidates(model: ModelSpec, hw: Hardware, request: Request) -> list[C
         for kv in vllm.KV_TYPES:
             if request.kv_cache_dtype and _kv_class(request.kv_cache_dtype, "vllm") != kv:
                 continue
-            why_not = blocker or (_fp8_kv_blocker(gpu) if kv == "fp8" else None)
+            why_not = busy or blocker or (_fp8_kv_blocker(gpu) if kv == "fp8" else None)
             options = []
             for tp in tps:
                 cand = _vllm_candidate(model, art, gpu, n_gpus, total, util, precision, dtype, kv, tp, request)
@@ -320,10 +326,11 @@ def _vllm_candidate(
         ),
     )
     replicas = n_gpus // tp
-    blocks = est.parts["kv_blocks"]
+    blocks = est.counts["kv_blocks"]
     usable = max(0, blocks - 1)  # BlockPool holds one null block back (v1/core/block_pool.py)
-    per_request_blocks = usable / request.concurrency if request.concurrency > 0 else 0
-    capacity = int(per_request_blocks) * memory.VLLM_BLOCK_SIZE
+    # data-parallel replicas share the requests; each holds at least one full-length request
+    per_replica = max(1.0, request.concurrency / replicas)
+    capacity = int(usable / per_replica) * memory.VLLM_BLOCK_SIZE
     max_context = min(model.max_context, capacity)
     context, fits, reason, shortfall = _decide_context(
         request, model, max_context, est, per_token=est.kv_bytes_per_token
@@ -345,7 +352,7 @@ def _vllm_candidate(
             + (f", {replicas} replicas" if replicas > 1 else "")
             + ")"
         )
-    ctx_for_args = context or max(request.min_context, 1)
+    ctx_for_args = context
     args = vllm.engine_args(
         model=art.path or art.repo,
         served_name=_served_name(model),
@@ -355,8 +362,8 @@ def _vllm_candidate(
         dtype=dtype,
         tensor_parallel_size=tp,
         data_parallel_size=replicas,
-        max_num_seqs=est.parts["max_num_seqs"],
-        max_num_batched_tokens=est.parts["max_num_batched_tokens"],
+        max_num_seqs=est.counts["max_num_seqs"],
+        max_num_batched_tokens=est.counts["max_num_batched_tokens"],
         quantization=art.quantization,
         host=request.host,
         port=request.port,
@@ -396,15 +403,20 @@ def _decide_context(
     if isinstance(request.context, int):
         wanted = request.context
         if wanted > model.max_context:
-            return 0, False, f"{wanted:,} tokens is beyond the model's limit of {model.max_context:,}", 0
+            return wanted, False, f"{wanted:,} tokens is beyond the model's limit of {model.max_context:,}", 0
         if max_context >= wanted:
             return wanted, True, "", 0
-        short = (wanted - max_context) * per_token * max(1.0, request.concurrency)
-        return 0, False, _too_small(wanted, max_context, request, per_token), int(short)
+        short = (wanted - max_context) * per_token * request.concurrency
+        return wanted, False, _too_small(wanted, max_context, request, per_token), max(0, int(short))
     if max_context >= request.min_context:
         return max_context, True, "", 0
-    short = (request.min_context - max_context) * per_token * max(1.0, request.concurrency)
-    return 0, False, _too_small(request.min_context, max_context, request, per_token), int(short)
+    short = (request.min_context - max_context) * per_token * request.concurrency
+    return (
+        request.min_context,
+        False,
+        _too_small(request.min_context, max_context, request, per_token),
+        max(0, int(short)),
+    )
 
 
 def _too_small(wanted: int, max_context: int, request: Request, per_token: int) -> str:
@@ -483,22 +495,51 @@ def llamacpp_estimate(
     )
 
 
+def _unrunnable_llamacpp(
+    model: ModelSpec, art: Artifact, hw: Hardware, kv: str, request: Request, reason: str
+) -> Candidate:
+    empty = memory.MemoryEstimate(0, art.weights_bytes, 0, 0, 0, art.weights_bytes, 0)
+    wanted = request.context if isinstance(request.context, int) else request.min_context
+    return Candidate(
+        engine="llamacpp",
+        device="cpu",
+        precision=art.precision,
+        artifact=art,
+        kv_cache_dtype=kv,
+        context=wanted,
+        max_context=0,
+        concurrency=0.0,
+        tensor_parallel_size=1,
+        replicas=1,
+        fits=False,
+        reason=reason,
+        memory=empty,
+        engine_args={},
+        command=(),
+        decode_tokens_per_s=0.0,
+    )
+
+
 def _llamacpp_candidate(
     model: ModelSpec, art: Artifact, hw: Hardware, budget: int, repack: tuple[int, int], kv: str, request: Request
 ) -> Candidate:
     def estimate(n_ctx: int) -> memory.MemoryEstimate:
         return llamacpp_estimate(model, art.weights_bytes, repack, budget, n_ctx, kv)
 
-    limit = (model.max_context // memory.LLAMACPP_CTX_PAD) * memory.LLAMACPP_CTX_PAD
+    try:
+        estimate(memory.LLAMACPP_CTX_PAD)
+    except ValueError as exc:  # e.g. a quantized cache whose rows are not whole blocks for this model
+        return _unrunnable_llamacpp(model, art, hw, kv, request, f"cannot run: {exc}")
+    # the model's limit, padded the way llama.cpp pads n_ctx (at least one 256-token step)
+    limit = max(memory.LLAMACPP_CTX_PAD, (model.max_context // memory.LLAMACPP_CTX_PAD) * memory.LLAMACPP_CTX_PAD)
     max_context = min(
         model.max_context, memory.llamacpp_max_context(lambda n: estimate(n).total_bytes <= budget, limit)
     )
     est_max = estimate(max(max_context, memory.LLAMACPP_CTX_PAD))
     context, fits, reason, shortfall = _decide_context(request, model, max_context, est_max, est_max.kv_bytes_per_token)
-    wanted = request.context if isinstance(request.context, int) else request.min_context
-    est = estimate(context or min(wanted, max(limit, memory.LLAMACPP_CTX_PAD)))
+    est = estimate(min(context, limit)) if context else est_max
     if request.concurrency > 1:
-        fits, context, shortfall = False, 0, 0
+        fits, shortfall = False, 0
         reason = (
             "llama-cpp-python's server answers one request at a time; "
             f"--concurrency {request.concurrency:g} needs vLLM on a GPU"
@@ -511,16 +552,22 @@ def _llamacpp_candidate(
             + f" + {format_size(est.kv_cache_bytes)} KV + {format_size(est.overhead_bytes)} buffers/process "
             f"in {format_size(budget)} of RAM"
         )
-    elif max_context == 0 and wanted <= model.max_context:
+        if est.total_bytes > hw.memory.available_bytes:
+            reason += (
+                f"; only {format_size(hw.memory.available_bytes)} is free now: close other programs or plan a "
+                "shorter --context"
+            )
+    elif max_context == 0 and context <= model.max_context:
         reason = (
-            f"does not fit: {format_size(est.total_bytes)} at {wanted:,} tokens "
+            f"does not fit: {format_size(est.total_bytes)} at {context:,} tokens "
             f"exceeds the {format_size(budget)} RAM budget"
         )
-        shortfall = est.total_bytes - budget
-    ctx_for_args = context or est.parts["n_ctx_padded"]
+        shortfall = max(0, est.total_bytes - budget)
+    ctx_for_args = context
     threads = max(1, hw.cpu.physical_cores)
     args = llamacpp.engine_args(
-        model_path=art.path or f"{art.repo}/{art.file}",
+        # not downloaded yet: an hf:// reference that `up` resolves after downloading
+        model_path=art.path or f"hf://{art.repo}/{art.file}",
         alias=_served_name(model),
         n_ctx=ctx_for_args,
         type_k=kv,
@@ -583,10 +630,14 @@ def _validate(request: Request, model: ModelSpec) -> None:
             raise UsageError("--context must be a positive number of tokens, 'auto' or 'max'.")
     elif request.context not in ("auto", "max"):
         raise UsageError(f"--context must be a number of tokens, 'auto' or 'max', not {request.context!r}.")
-    if request.min_context < 1:
+    if request.min_context is not None and request.min_context < 1:
         raise UsageError("--min-context must be at least 1 token.")
-    if not request.concurrency > 0:
-        raise UsageError("--concurrency must be more than 0.")
+    if not (math.isfinite(request.concurrency) and 1 <= request.concurrency <= 100_000):
+        raise UsageError("--concurrency must be a number of requests from 1 to 100000.")
+    if request.min_context is not None and request.min_context > model.max_context:
+        raise UsageError(
+            f"--min-context {request.min_context:,} is beyond {model.id}'s limit of {model.max_context:,} tokens."
+        )
     if request.engine not in (None, "vllm", "llamacpp"):
         raise UsageError(f"--engine must be vllm or llamacpp, not {request.engine!r}.")
     if request.prefer not in ("balanced", "quality", "speed"):
@@ -620,6 +671,8 @@ def plan(model: ModelSpec, hardware: Hardware, request: Request | None = None) -
     """Evaluate every candidate and rank them; choice is None when nothing fits."""
     request = request or Request()
     _validate(request, model)
+    if request.min_context is None:
+        request = replace(request, min_context=min(DEFAULT_MIN_CONTEXT, model.max_context))
     candidates: list[Candidate] = []
     if request.engine in (None, "vllm"):
         candidates += _vllm_candidates(model, hardware, request)
@@ -652,7 +705,7 @@ def nothing_fits_message(p: Plan) -> str:
         hints.append(f"{c.label()}: {c.reason}{more}")
     lines.append("Nearest: " + "; ".join(hints) + ".")
     fixes = []
-    if isinstance(p.request.context, int) or p.request.min_context > 1024:
+    if isinstance(p.request.context, int) or (p.request.min_context or 0) > 1024:
         fixes.append("a shorter --context/--min-context")
     if p.request.concurrency > 1:
         fixes.append("a lower --concurrency")

@@ -99,10 +99,17 @@ def print_breakdown(c: Candidate) -> None:
     table.add_column("bytes", justify="right")
     table.add_column("", justify="right")
     rows: list[tuple[str, int, str]] = [("budget", m.budget_bytes, "")]
-    rows.append(("weights", m.weights_bytes, ""))
-    for name, value in m.parts.items():
-        if name.endswith("_bytes") and name != "available_kv_bytes":
-            rows.append((name.removesuffix("_bytes").replace("_", " "), value, ""))
+    parts = dict(m.parts)
+    repacked = parts.pop("repacked_weights_bytes", 0)
+    rows.append(("weights", m.weights_bytes, f"{format_size(repacked)} of them repacked" if repacked else ""))
+    reserved = parts.pop("compute_buffer_bytes", None)
+    for name, value in parts.items():
+        if name == "available_kv_bytes":
+            continue
+        note = ""
+        if name == "compute_resident_bytes" and reserved is not None:
+            note = f"of {format_size(reserved)} reserved (one logits row per ubatch)"
+        rows.append((name.removesuffix("_bytes").replace("_", " "), value, note))
     rows.append(("KV cache", m.kv_cache_bytes, f"{m.kv_capacity_tokens:,} tokens × {m.kv_bytes_per_token:,} B"))
     rows.append(("total", m.total_bytes, ""))
     for name, value, note in rows:

@@ -93,6 +93,12 @@ def test_nothing_fits_exits_3_with_a_fix(hw_file):
         (["plan", "--hardware", "/nonexistent.yaml"], 2, "does not exist"),
         (["plan", "--host", "0.0.0.0\nExecStart=/bin/sh"], 2, "--host"),
         (["plan", "--engine", "tensorrt"], 2, "tensorrt"),
+        (["plan", "--concurrency", "0.5"], 2, "--concurrency"),
+        (["plan", "--concurrency", "inf"], 2, "--concurrency"),
+        (["plan", "--vram", "1B"], 2, "less than 1 GiB"),
+        (["plan", "--cpus", "0"], 2, "--cpus"),
+        (["plan", "--min-context", "300000"], 2, "beyond"),
+        (["plan", "--gpu", "0xL4"], 2, "between 1 and 64"),
     ],
 )
 def test_bad_input_is_one_sentence_and_a_usage_exit(hw_file, args, code, message):
@@ -102,6 +108,18 @@ def test_bad_input_is_one_sentence_and_a_usage_exit(hw_file, args, code, message
     assert got == code
     assert message in err
     assert "Traceback" not in err
+
+
+def test_cached_gguf_is_named_in_the_command(tmp_path, hw_file, monkeypatch):
+    snapshot = tmp_path / "hub" / "models--unsloth--Qwen3-4B-Instruct-2507-GGUF" / "snapshots" / "a06e946"
+    snapshot.mkdir(parents=True)
+    (snapshot / "Qwen3-4B-Instruct-2507-Q4_K_M.gguf").write_bytes(b"")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    code, out, _ = run("plan", "--hardware", hw_file, "--precision", "q4_k_m", "--json")
+    assert json.loads(out)["choice"]["engine_args"]["model"] == str(snapshot / "Qwen3-4B-Instruct-2507-Q4_K_M.gguf")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    code, out, _ = run("plan", "--hardware", hw_file, "--precision", "q4_k_m", "--json")
+    assert json.loads(out)["choice"]["engine_args"]["model"].startswith("hf://unsloth/Qwen3-4B-Instruct-2507-GGUF/")
 
 
 def test_corrupt_gguf_model(tmp_path, hw_file):

@@ -35,7 +35,7 @@ def run_and_measure(choice, port, tmp_path):
 
 def assert_matches(choice, reported, compute_tolerance=0.05):
     est = choice.memory
-    assert reported["n_ctx"] == est.parts["n_ctx_padded"] == -(-choice.context // 256) * 256
+    assert reported["n_ctx"] == est.counts["n_ctx_padded"] == -(-choice.context // 256) * 256
     assert reported["kv_bytes"] == est.kv_cache_bytes  # exact
     buffers = reported["model_buffers"]
     # without mmap llama.cpp pads each tensor to 32 B; the log prints MiB with two decimals

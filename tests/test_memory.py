@@ -262,7 +262,7 @@ def test_vllm_memory_rtx_4090_by_hand():
     assert est.parts["non_torch_bytes"] == 348_657_664
     assert est.parts["cuda_graph_bytes"] == 1_696_512_024
     assert est.parts["available_kv_bytes"] == 12_929_752_286
-    assert est.parts["kv_blocks"] == 5480
+    assert est.counts["kv_blocks"] == 5480
     assert est.kv_capacity_tokens == 87_680
     assert est.kv_cache_bytes == 5480 * 16 * 147_456
     # weights within 2% of the BF16 checkpoint (8,044,936,192 B): 8,165,732,147 / 8,044,936,192 = 1.0150

@@ -4,9 +4,13 @@ import json
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qwen_deploy.errors import UsageError
 from qwen_deploy.model import count_parameters, load_profile, profile_names, resolve_model, spec_from_gguf
+from qwen_deploy.planner import Request, plan
+from tests.conftest import make_hardware
 from tests.synthetic_gguf import SyntheticShape, write_synthetic_gguf
 
 
@@ -90,12 +94,86 @@ def test_hf_folder_sliding_window_layer_types(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "match"),
-    [(None, "no config.json"), ("{", "cannot read"), ('{"hidden_size": 64}', "num_hidden_layers")],
+    [
+        (None, "no config.json"),
+        ("{", "cannot read"),
+        ('{"hidden_size": 64}', "num_hidden_layers"),
+        (
+            '{"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 9, "head_dim": "x"}',
+            "head_dim",
+        ),
+        (
+            '{"num_hidden_layers": true, "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 9}',
+            "num_hidden_layers",
+        ),
+        ('{"num_hidden_layers": 2, "hidden_size": 2, "num_attention_heads": 4, "vocab_size": 9}', "smaller than"),
+    ],
 )
 def test_bad_hf_folders(tmp_path, content, match):
     if content is not None:
         (tmp_path / "config.json").write_text(content)
     with pytest.raises(UsageError, match=match):
+        resolve_model(str(tmp_path))
+
+
+config_values = (
+    st.none() | st.booleans() | st.integers(-5, 5000) | st.text(max_size=4) | st.lists(st.integers(0, 3), max_size=3)
+)
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            k: config_values
+            for k in (
+                "num_hidden_layers",
+                "hidden_size",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "head_dim",
+                "intermediate_size",
+                "vocab_size",
+                "max_position_embeddings",
+                "sliding_window",
+                "layer_types",
+                "use_sliding_window",
+                "max_window_layers",
+                "tie_word_embeddings",
+                "quantization_config",
+                "text_config",
+            )
+        },
+    )
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_config_json_plans_or_is_a_usage_error(tmp_path_factory, config):
+    folder = tmp_path_factory.mktemp("hf")
+    (folder / "config.json").write_text(json.dumps(config))
+    try:
+        spec = resolve_model(str(folder))
+    except UsageError:
+        return
+    plan(spec, make_hardware(), Request())  # must not raise anything but a clear error
+
+
+@given(st.binary(max_size=64), st.integers(0, 2000))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_damaged_gguf_bytes_are_a_usage_error(small_gguf, tmp_path_factory, junk, cut):
+    data = small_gguf.read_bytes()
+    bad = tmp_path_factory.mktemp("gguf") / "bad.gguf"
+    bad.write_bytes(data[:cut] + junk)
+    with pytest.raises(UsageError):
+        spec_from_gguf(bad)
+
+
+def test_malformed_safetensors_header(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"num_hidden_layers": 1, "hidden_size": 8, "num_attention_heads": 2, "vocab_size": 10})
+    )
+    blob = json.dumps({"a": {"dtype": "BF16", "data_offsets": "x"}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob)
+    with pytest.raises(UsageError, match="malformed safetensors header"):
         resolve_model(str(tmp_path))
 
 

@@ -165,6 +165,61 @@ def test_busy_gpu_lowers_utilization_so_vllm_can_start():
     assert pinned.engine_args["gpu-memory-utilization"] == 0.5
 
 
+def test_pinned_utilization_on_a_busy_gpu_does_not_fit():
+    hw = gpu_box("RTX 4090")
+    busy = replace(hw, gpus=(replace(hw.gpus[0], memory_free_bytes=2 * GiB),))
+    p = plan(QWEN, busy, Request(engine="vllm", gpu_memory_utilization=0.9))
+    assert p.choice is None
+    assert all("GPU memory is free" in c.reason for c in p.candidates)
+    # unpinned: too little free memory to lower the fraction to something useful
+    unpinned = plan(QWEN, replace(hw, gpus=(replace(hw.gpus[0], memory_free_bytes=GiB),)), Request(engine="vllm"))
+    assert unpinned.choice is None
+    assert all(c.engine_args.get("gpu-memory-utilization", 1) > 0 for c in unpinned.candidates)
+
+
+def test_gpu_count_forms():
+    for spec in ("2xL4", "2 x L4", "L4x2", "L4 x 2"):
+        assert len(simulate(make_hardware(), gpus=(spec,)).gpus) == 2
+    assert simulate(make_hardware(), gpus=("4090",)).gpus[0].name == "NVIDIA GeForce RTX 4090"
+    assert len(simulate(make_hardware(), gpus=("4090x2",)).gpus) == 2
+
+
+def test_quantized_cache_that_does_not_divide_into_blocks_cannot_run(tmp_path):
+    from qwen_deploy.model import spec_from_gguf
+    from tests.synthetic_gguf import SyntheticShape, write_synthetic_gguf
+
+    path = write_synthetic_gguf(
+        tmp_path / "odd.gguf",
+        SyntheticShape(layers=2, heads=2, kv_heads=1, head_dim=40, hidden=80, ffn=64, vocab=300, context=4096),
+    )
+    p = plan(spec_from_gguf(path), make_hardware())
+    by_kv = {c.kv_cache_dtype: c for c in p.candidates}
+    assert by_kv["f16"].fits
+    assert not by_kv["q8_0"].fits and "multiple of 32" in by_kv["q8_0"].reason
+
+
+def test_tiny_context_models_plan_one_padded_step(tmp_path):
+    from qwen_deploy.model import spec_from_gguf
+    from tests.synthetic_gguf import SyntheticShape, write_synthetic_gguf
+
+    path = write_synthetic_gguf(
+        tmp_path / "short.gguf",
+        SyntheticShape(layers=1, heads=2, kv_heads=1, head_dim=32, hidden=64, ffn=64, vocab=300, context=128),
+    )
+    p = plan(spec_from_gguf(path), make_hardware(), Request(context=64))
+    assert p.choice is not None and p.choice.context == 64
+    assert p.choice.memory.counts["n_ctx_padded"] == 256
+    assert all(c.shortfall_bytes >= 0 for c in p.candidates)
+
+
+def test_less_free_ram_than_planned_is_a_warning_not_a_different_plan():
+    roomy = make_hardware(ram_gib=32)
+    busy = make_hardware(ram_gib=32, available_gib=6)
+    a, b = plan(QWEN, roomy), plan(QWEN, busy)
+    assert a.choice.context == b.choice.context
+    assert "is free now" in b.choice.reason and "is free now" not in a.choice.reason
+
+
 def test_planning_is_pure_and_deterministic():
     hw = gpu_box("RTX 3090")
     before = (hw, QWEN)
@@ -202,7 +257,7 @@ def test_vllm_concurrency_scales_the_context():
     four = plan(
         QWEN, gpu_box("RTX 4090"), Request(engine="vllm", precision="bf16", kv_cache_dtype="auto", concurrency=4)
     ).choice
-    assert four.context == ((one.memory.parts["kv_blocks"] - 1) // 4) * memory.VLLM_BLOCK_SIZE
+    assert four.context == ((one.memory.counts["kv_blocks"] - 1) // 4) * memory.VLLM_BLOCK_SIZE
     assert four.concurrency >= 4
 
 
