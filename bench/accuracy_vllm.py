@@ -103,7 +103,10 @@ def main() -> None:
     lines.append(
         f"\nAvailable-KV error over {len(errors)} records: median {statistics.median(errors) * 100:.1f}%, "
         f"worst {max(errors) * 100:.1f}% (target: within 10%). Records with available KV below 0.5 GiB are "
-        "compared against the budget instead."
+        "compared against the budget instead. Caveats: all five are V0 logs, predicted with V0's rules (profile at "
+        "max_model_len below 32K, no CUDA-graph term), not the V1 path the planner uses for current vLLM; the V0 "
+        "sampler constant (39 B per logit) was fitted on vllm-03, so that row is not an independent check; "
+        "vllm-05 names no GPU memory, so the RTX 4090's CUDA total is assumed."
     )
     # V1 checks: weights and block arithmetic for Qwen3-4B-Instruct-2507 (calibration vllm-13, vllm-15).
     qwen = load_profile("qwen3-4b-instruct-2507")

@@ -113,7 +113,6 @@ class Candidate:
     decode_tokens_per_s: float
     meets_target: bool = False
     shortfall_bytes: int = 0  # how much more memory the requested context would need (0 when it fits)
-    gpu_memory_utilization: float | None = None
 
     @property
     def quality(self) -> int:
@@ -392,7 +391,6 @@ def _vllm_candidate(
         decode_tokens_per_s=speed,
         meets_target=fits and context >= _target(request, model),
         shortfall_bytes=shortfall,
-        gpu_memory_utilization=util,
     )
 
 

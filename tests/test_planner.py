@@ -159,7 +159,7 @@ def test_busy_gpu_lowers_utilization_so_vllm_can_start():
     busy = replace(hw, gpus=(replace(hw.gpus[0], memory_free_bytes=20 * GiB),))
     c = plan(QWEN, busy, Request(engine="vllm", precision="bf16")).choice
     # (20 GiB − 0.5 GiB CUDA context) / 23.99 GiB (CUDA total 24563 MiB) = 0.8129 -> 0.81
-    assert c.gpu_memory_utilization == 0.81
+    assert c.engine_args["gpu-memory-utilization"] == 0.81
     assert "lowered to 0.81" in c.reason
     pinned = plan(QWEN, busy, Request(engine="vllm", precision="bf16", gpu_memory_utilization=0.5)).choice
     assert pinned.engine_args["gpu-memory-utilization"] == 0.5
