@@ -351,11 +351,10 @@ def _vllm_candidate(
             + (f", {replicas} replicas" if replicas > 1 else "")
             + ")"
         )
-    ctx_for_args = context
     args = vllm.engine_args(
         model=art.path or art.repo,
         served_name=_served_name(model),
-        max_model_len=ctx_for_args,
+        max_model_len=context,
         gpu_memory_utilization=util,
         kv_cache_dtype=kv,
         dtype=dtype,
@@ -369,9 +368,9 @@ def _vllm_candidate(
     )
     bandwidth = gpu.memory_bandwidth_gbps or 500.0
     speed = _decode_speed(
-        bandwidth * tp, GPU_DECODE_EFFICIENCY, est.weights_bytes * tp, est.kv_bytes_per_token * tp, ctx_for_args
+        bandwidth * tp, GPU_DECODE_EFFICIENCY, est.weights_bytes * tp, est.kv_bytes_per_token * tp, context
     )
-    concurrency = memory.vllm_concurrency(est.kv_capacity_tokens, ctx_for_args) if fits else 0.0
+    concurrency = memory.vllm_concurrency(est.kv_capacity_tokens, context) if fits else 0.0
     return Candidate(
         engine="vllm",
         device="gpu",
@@ -561,13 +560,12 @@ def _llamacpp_candidate(
             f"exceeds the {format_size(budget)} RAM budget"
         )
         shortfall = max(0, est.total_bytes - budget)
-    ctx_for_args = context
     threads = max(1, hw.cpu.physical_cores)
     args = llamacpp.engine_args(
         # not downloaded yet: an hf:// reference that `up` resolves after downloading
         model_path=art.path or f"hf://{art.repo}/{art.file}",
         alias=_served_name(model),
-        n_ctx=ctx_for_args,
+        n_ctx=context,
         type_k=kv,
         type_v=kv,
         threads=threads,
@@ -577,7 +575,7 @@ def _llamacpp_candidate(
         use_mmap=not repack[1],
     )
     bandwidth = hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS
-    speed = _decode_speed(bandwidth, CPU_DECODE_EFFICIENCY, art.weights_bytes, est.kv_bytes_per_token, ctx_for_args)
+    speed = _decode_speed(bandwidth, CPU_DECODE_EFFICIENCY, art.weights_bytes, est.kv_bytes_per_token, context)
     return Candidate(
         engine="llamacpp",
         device="cpu",
