@@ -13,8 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-GiB = 1024**3
-MiB = 1024**2
+from qwen_deploy.units import GiB, MiB
 
 # ----------------------------------------------------------------------------- KV cache element sizes
 
@@ -191,7 +190,6 @@ class VllmConfig:
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
     nvml_total_bytes: int | None = None  # for the batch-size defaults; defaults to gpu_total_bytes
-    cudagraphs: bool = True
     legacy_v0_max_model_len: int | None = None  # model V0's profile run (calibration of old logs only)
 
 
@@ -242,7 +240,7 @@ def vllm_memory(
     )
     non_torch = VLLM_NON_TORCH_BYTES + (0 if legacy else VLLM_SAMPLER_SM_COUNT * vocab * 4)
     graphs = 0
-    if config.cudagraphs and not legacy:
+    if not legacy:
         graphs = vllm_cudagraph_count(seqs, batched) * VLLM_CUDAGRAPH_BYTES_PER_GRAPH
     kv_per_token = kv_bytes_per_token(layers, kv_heads, head_dim, config.kv_cache_dtype, config.tp, value_head_dim)
     available = budget - weights - non_torch - activation - graphs

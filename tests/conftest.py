@@ -3,7 +3,6 @@ hardware descriptions for the planner."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -72,6 +71,3 @@ def hardware_factory():
 def pytest_collection_modifyitems(config, items):
     # Engine tests start real servers; run them last so the fast tests report first.
     items.sort(key=lambda item: 1 if item.get_closest_marker("engine") else 0)
-
-
-os.environ.setdefault("PYTHONHASHSEED", "0")

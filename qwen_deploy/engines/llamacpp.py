@@ -7,10 +7,10 @@ float array as the conversation grows), use_mlock True, flash_attn False, n_thre
 
 from __future__ import annotations
 
-import functools
-import re
 import sys
 from typing import Any
+
+from qwen_deploy.engines import log_pattern
 
 ENGINE = "llamacpp"
 
@@ -91,24 +91,18 @@ def parse_memory_log(text: str) -> dict[str, Any]:
     """The memory llama.cpp reports in its log, in bytes: model buffers by name, KV, compute, output."""
     mib = 1024 * 1024
     out: dict[str, Any] = {"model_buffers": {}, "compute_buffers": {}}
-    for name, size in _rx(MODEL_BUFFER_RE).findall(text):
+    for name, size in log_pattern(MODEL_BUFFER_RE).findall(text):
         out["model_buffers"][name] = round(float(size) * mib)
-    kv = _rx(KV_SIZE_RE).findall(text)
+    kv = log_pattern(KV_SIZE_RE).findall(text)
     if kv:
         out["kv_bytes"] = sum(round(float(size) * mib) for size, _, _ in kv)
         out["kv_cells"] = [int(cells) for _, cells, _ in kv]
-    for name, size in _rx(COMPUTE_BUFFER_RE).findall(text):
+    for name, size in log_pattern(COMPUTE_BUFFER_RE).findall(text):
         out["compute_buffers"][name] = round(float(size) * mib)
-    outputs = _rx(OUTPUT_BUFFER_RE).findall(text)
+    outputs = log_pattern(OUTPUT_BUFFER_RE).findall(text)
     if outputs:
         out["output_bytes"] = round(float(outputs[-1][1]) * mib)
-    ctx = _rx(N_CTX_RE).findall(text)
+    ctx = log_pattern(N_CTX_RE).findall(text)
     if ctx:
         out["n_ctx"] = int(ctx[-1])
     return out
-
-
-@functools.cache
-def _rx(pattern: str) -> re.Pattern[str]:
-    """Compile log patterns on first use: planning never parses logs, so it never pays for them."""
-    return re.compile(pattern)

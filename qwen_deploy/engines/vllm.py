@@ -7,9 +7,9 @@ user in the process list).
 
 from __future__ import annotations
 
-import functools
-import re
 from typing import Any
+
+from qwen_deploy.engines import log_pattern
 
 ENGINE = "vllm"
 KV_TYPES = ("auto", "fp8")
@@ -73,21 +73,15 @@ CUDAGRAPH_RE = r"Estimated CUDA graph memory: ([\d.]+) GiB"
 def parse_memory_log(text: str) -> dict[str, Any]:
     gib = 1024**3
     out: dict[str, Any] = {}
-    if m := _rx(MODEL_LOADING_RE).search(text):
+    if m := log_pattern(MODEL_LOADING_RE).search(text):
         out["weights_bytes"] = round(float(m.group(1)) * gib)
-    if m := _rx(AVAILABLE_KV_RE).search(text):
+    if m := log_pattern(AVAILABLE_KV_RE).search(text):
         out["available_kv_bytes"] = round(float(m.group(1)) * gib)
-    if m := _rx(KV_TOKENS_RE).search(text):
+    if m := log_pattern(KV_TOKENS_RE).search(text):
         out["kv_capacity_tokens"] = int(m.group(1).replace(",", ""))
-    if m := _rx(CONCURRENCY_RE).search(text):
+    if m := log_pattern(CONCURRENCY_RE).search(text):
         out["context"] = int(m.group(1).replace(",", ""))
         out["concurrency"] = float(m.group(2))
-    if m := _rx(CUDAGRAPH_RE).search(text):
+    if m := log_pattern(CUDAGRAPH_RE).search(text):
         out["cuda_graph_bytes"] = round(float(m.group(1)) * gib)
     return out
-
-
-@functools.cache
-def _rx(pattern: str) -> re.Pattern[str]:
-    """Compile log patterns on first use: planning never parses logs, so it never pays for them."""
-    return re.compile(pattern)
