@@ -41,6 +41,22 @@ def _check_host_port(host: str, port: int) -> None:
         raise UsageError(f"--port {port} is outside 1-65535.")
 
 
+def _port_value(text: str | int, host: str = "127.0.0.1") -> int:
+    """--port N, or 'auto': a port that is free now."""
+    if isinstance(text, int):
+        return text
+    if text.strip().lower() == "auto":
+        import socket
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host if _HOST_RE.match(host) else "127.0.0.1", 0))
+            return sock.getsockname()[1]
+    if not text.strip().isdigit():
+        raise UsageError(f"--port must be a number from 1 to 65535 or 'auto', not {text!r}.")
+    return int(text)
+
+
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
@@ -124,7 +140,9 @@ def _plan_options(func):
             help="Trade-off between precision and decode speed.",
         ),
         click.option("--host", default="127.0.0.1", show_default=True, help="Address the server will bind."),
-        click.option("--port", type=int, default=8000, show_default=True, help="Port the server will listen on."),
+        click.option(
+            "--port", default="8000", show_default=True, help="Port the server will listen on ('auto': a free one)."
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -148,13 +166,14 @@ def build_plan(
     gpu_memory_utilization: float | None,
     prefer: str,
     host: str,
-    port: int,
+    port: int | str,
 ):
     """Resolve the options into hardware, model and request, and plan. Shared by plan (and up/render)."""
     from qwen_deploy import hardware as hw_mod
     from qwen_deploy import planner
     from qwen_deploy.model import resolve_model, with_cached_files
 
+    port = _port_value(port, host)
     _check_host_port(host, port)
     base = hw_mod.load_hardware(hardware_file) if hardware_file else hw_mod.probe()
     hw = hw_mod.simulate(base, gpus=gpus, vram=vram, ram=ram, cpus=cpus, no_gpu=no_gpu)
@@ -203,6 +222,295 @@ def plan(json_: bool, output: str | None, **options: Any) -> None:
         from qwen_deploy.planner import nothing_fits_message
 
         raise NothingFitsError(nothing_fits_message(result))
+
+
+# ----------------------------------------------------------------------------- up / status / logs / down
+
+_PLAN_OPTION_NAMES = (
+    "model_ref", "hardware_file", "gpus", "vram", "ram", "cpus", "no_gpu", "context", "min_context",
+    "concurrency", "engine", "precision", "kv_cache_dtype", "gpu_memory_utilization", "prefer",
+)  # fmt: skip
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+
+def _plan_for_up(ctx: click.Context, plan_file: str | None, model_file: str | None, options: dict[str, Any]):
+    """(plan, host, port, replan) for `up`: from a plan file, or planned now with the plan options."""
+    from dataclasses import replace
+
+    from qwen_deploy import planner
+
+    if plan_file:
+        given = [n for n in _PLAN_OPTION_NAMES if _given(ctx, n)]
+        if given:
+            flags = ", ".join("--" + n.replace("_ref", "").replace("_file", "").replace("_", "-") for n in given)
+            raise UsageError(f"a plan file fixes the model, hardware and request; drop {flags} or the plan file.")
+        from qwen_deploy.planfile import load_plan
+
+        result = load_plan(plan_file)
+        args = result.choice.engine_args
+        host = options["host"] if _given(ctx, "host") else str(args.get("host", "127.0.0.1"))
+        port = _port_value(options["port"], host) if _given(ctx, "port") else int(args.get("port", 8000))
+        _check_host_port(host, port)
+        result = replace(result, request=replace(result.request, host=host, port=port))
+    else:
+        if model_file:
+            from pathlib import Path
+
+            if not Path(model_file).expanduser().is_file():
+                raise UsageError(f"--model-file {model_file!r} does not exist.")
+            if not options.get("model_ref"):
+                options["model_ref"] = model_file
+            elif model_file.lower().endswith(".gguf"):
+                from qwen_deploy.model import spec_from_gguf
+
+                options["engine"] = options.get("engine") or "llamacpp"
+                options["precision"] = (
+                    options.get("precision") or spec_from_gguf(Path(model_file).expanduser()).artifacts[0].precision
+                )
+        options["port"] = _port_value(options["port"], options["host"])
+        result = build_plan(**options)
+        host, port = result.request.host, result.request.port
+
+    def replan(request: planner.Request) -> planner.Plan:
+        return planner.plan(result.model, result.hardware, replace(request, host=host, port=port))
+
+    return result, host, port, replan
+
+
+@cli.command()
+@click.argument("plan_file", required=False, metavar="[PLAN.yaml]")
+@_plan_options
+@click.option("--model-file", metavar="PATH", help="Use this local GGUF file / model folder instead of downloading.")
+@click.option("--api-key-file", metavar="FILE", help="Require this API key (one line); passed via the environment.")
+@click.option("--name", help="Name of this server (default: the model's name).")
+@click.option("--detach", is_flag=True, help="Return once the server is ready and leave it running.")
+@click.option("--timeout", type=float, metavar="SECONDS", help="Give up if not ready by then (default: from size).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and the exact command; start nothing.")
+@click.option("--memory-limit", metavar="SIZE", help="Cap the engine's address space (RLIMIT_AS), e.g. 6GiB.")
+@click.option("--max-retries", type=click.IntRange(0, 10), default=3, show_default=True, help="Step-downs on OOM.")
+@click.option("--no-fallback", is_flag=True, help="Do not step down to a smaller candidate when memory runs out.")
+@click.option("json_", "--json", is_flag=True, help="With --dry-run: print the plan and command as JSON.")
+@click.pass_context
+def up(
+    ctx: click.Context,
+    plan_file: str | None,
+    model_file: str | None,
+    api_key_file: str | None,
+    name: str | None,
+    detach: bool,
+    timeout: float | None,
+    dry_run: bool,
+    memory_limit: str | None,
+    max_retries: int,
+    no_fallback: bool,
+    json_: bool,
+    **options: Any,
+) -> None:
+    """Start the best candidate (or PLAN.yaml's choice); ready means it answered a real chat completion."""
+    from qwen_deploy import state
+    from qwen_deploy.units import parse_size
+
+    if timeout is not None and not timeout > 0:
+        raise UsageError("--timeout must be a positive number of seconds.")
+    limit = parse_size(memory_limit) if memory_limit else None
+    if limit is not None and limit < 64 * 1024**2:
+        raise UsageError("--memory-limit below 64MiB cannot run any engine.")
+    if name:
+        state.check_name(name)
+    result, host, port, replan = _plan_for_up(ctx, plan_file, model_file, options)
+    if result.choice is None:
+        from qwen_deploy import report
+        from qwen_deploy.planner import nothing_fits_message
+
+        report.print_plan(result)
+        raise NothingFitsError(nothing_fits_message(result))
+    if dry_run:
+        _dry_run(result, model_file, host, port, name, api_key_file, json_)
+        return
+    from qwen_deploy import launch
+
+    opts = launch.UpOptions(
+        name=name,
+        host=host,
+        port=port,
+        api_key_file=api_key_file,
+        detach=detach,
+        timeout_s=timeout,
+        memory_limit_bytes=limit,
+        max_retries=max_retries,
+        fallback=not no_fallback,
+        model_file=model_file,
+    )
+    code = launch.up(result, opts, replan)
+    if code:
+        sys.exit(code)
+
+
+def _dry_run(result, model_file, host, port, name, api_key_file, json_: bool) -> None:
+    import shlex
+    from pathlib import Path
+
+    from qwen_deploy import state
+    from qwen_deploy.launch import build_argv
+
+    choice = result.choice
+    model = choice.engine_args.get("model")
+    if model_file:
+        model = str(Path(model_file).expanduser().resolve())
+    argv = list(build_argv(choice, str(model), host, port))
+    served = choice.engine_args.get("model_alias") or choice.engine_args.get("served-model-name")
+    env = (
+        {"API_KEY" if choice.engine == "llamacpp" else "VLLM_API_KEY": "<from " + api_key_file + ">"}
+        if api_key_file
+        else {}
+    )
+    data = {
+        "name": name or state.default_name(str(served)),
+        "command": argv,
+        "environment": env,
+        "plan": result.to_dict(),
+    }
+    if json_:
+        _print_json(data)
+        return
+    from qwen_deploy import report
+
+    report.print_plan(result)
+    click.echo(f"name: {data['name']}")
+    for key, value in env.items():
+        click.echo(f"environment: {key}={value}")
+    click.echo("command: " + shlex.join(argv))
+
+
+def _pick(name: str | None, records: list, what: str):
+    if name:
+        for record in records:
+            if record.name == name:
+                return record
+        raise QwenDeployError(f"no server named {name!r} is running; `qwen-deploy status` lists them.")
+    if len(records) == 1:
+        return records[0]
+    if not records:
+        raise QwenDeployError("no server started by qwen-deploy is running.")
+    raise UsageError(
+        f"{len(records)} servers are running ({', '.join(r.name for r in records)}); name the one to {what}."
+    )
+
+
+@cli.command()
+@click.option("json_", "--json", is_flag=True, help="Print as JSON.")
+def status(json_: bool) -> None:
+    """Servers started by `up`: state, pid, URL; records of processes that are gone are reported and removed."""
+    import time
+
+    from qwen_deploy import state
+    from qwen_deploy.client import Endpoint, HTTPFailure
+
+    with state.locked():
+        stale = state.reap_stale()
+    rows = []
+    for record in state.records():
+        answering = False
+        try:
+            Endpoint(record.url).get("/v1/models" if record.engine == "llamacpp" else "/health", timeout=1.0)
+            answering = True
+        except HTTPFailure as exc:
+            answering = exc.status == 401  # it answers; it wants the key
+        row = record.to_dict()
+        row.update(answering=answering, uptime_s=round(time.time() - record.started_at, 1))
+        rows.append(row)
+    if json_:
+        _print_json({"servers": rows, "stale_removed": [r.name for r in stale]})
+        return
+    for record in stale:
+        click.echo(f"{record.name}: stale record removed (pid {record.pid} is gone)", err=True)
+    if not rows:
+        click.echo("no servers running")
+        return
+    from qwen_deploy import report
+
+    report.print_status(rows)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the server stops.")
+@click.option("-n", "--lines", type=click.IntRange(0), default=50, show_default=True, help="Lines to show.")
+def logs(name: str | None, follow: bool, lines: int) -> None:
+    """The engine's log of a server started by `up` (kept after it stops)."""
+    import time
+    from pathlib import Path
+
+    from qwen_deploy import state
+
+    if name:
+        state.check_name(name)
+        path = state.log_path(name)
+    else:
+        folder = state.log_path("x").parent
+        names = sorted(p.stem for p in folder.glob("*.log")) if folder.is_dir() else []
+        running = [r.name for r in state.records()]
+        choices = running or names
+        if len(choices) != 1:
+            raise UsageError("name the server: " + (", ".join(choices) if choices else "there are no logs yet") + ".")
+        path = state.log_path(choices[0])
+        name = choices[0]
+    if not Path(path).is_file():
+        raise QwenDeployError(f"no log for {name!r} ({path}).")
+    with open(path, "rb") as handle:
+        data = handle.read()
+        text = data.decode(errors="replace").splitlines()
+        for line in text[-lines:] if lines else []:
+            click.echo(line)
+        if not follow:
+            return
+        try:
+            while True:
+                chunk = handle.read()
+                if chunk:
+                    click.echo(chunk.decode(errors="replace"), nl=False)
+                    continue
+                record = state.read(name)
+                if record is None or not record.alive():
+                    break
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="Stop every server started by `up`.")
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
+def down(name: str | None, all_: bool, timeout: float) -> None:
+    """Stop a server started by `up` (SIGTERM to its process group, then SIGKILL) and free its port."""
+    from qwen_deploy import state
+    from qwen_deploy.launch import stop_group
+
+    if name and all_:
+        raise UsageError("pass a NAME or --all, not both.")
+    with state.locked():
+        for record in state.reap_stale():
+            if all_ or name in (None, record.name):
+                click.echo(f"{record.name}: was not running (pid {record.pid} is gone); stale record removed.")
+                if name == record.name:
+                    return
+        records = state.records()
+        targets = records if all_ else ([_pick(name, records, "stop")] if records or name else [])
+        for record in targets:
+            state.update(record, state="stopping")
+    if not targets:
+        click.echo("no servers running")
+        return
+    for record in targets:
+        how = stop_group(record.pid, grace=timeout) if record.alive() else "already gone"
+        state.remove(record.name)
+        click.echo(f"{record.name}: {how} (pid {record.pid}, port {record.port} free)")
 
 
 # ----------------------------------------------------------------------------- models

@@ -1,6 +1,7 @@
 """The one error hierarchy: every failure a user can cause or fix, with the exit code the CLI maps it to.
 
-Exit codes (design.md): 0 ok · 1 error · 2 usage · 3 nothing fits.
+Exit codes (design.md): 0 ok · 1 error · 2 usage · 3 nothing fits · 4 the engine failed to become ready, or
+stopped on its own after it was (`up`) · 130 `up` was interrupted before the engine was ready.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOTHING_FITS = 3
+EXIT_ENGINE = 4
 
 
 class QwenDeployError(Exception):

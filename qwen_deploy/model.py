@@ -35,6 +35,7 @@ class Artifact:
     path: str | None = None  # a local file or folder, when the artifact is already here
     download_bytes: int | None = None  # bytes on disk after download (defaults to weights_bytes)
     sha256: str | None = None
+    revision: str | None = None  # the Hugging Face commit the size and sha256 were read at (None: main)
     # GGUF only: (name, ggml type name, ne0, ne1, bytes) per tensor, for exact repack arithmetic.
     tensors: tuple[tuple[str, str, int, int, int], ...] = ()
 
@@ -64,6 +65,8 @@ class ModelSpec:
     parameters: int | None = None
     artifacts: tuple[Artifact, ...] = field(default=())
     name: str = ""
+    # The model ships a chat template (a GGUF's tokenizer.chat_template; every built-in profile's GGUFs do).
+    chat_template: bool = True
 
     def artifact(self, engine: str, precision: str) -> Artifact | None:
         for art in self.artifacts:
@@ -91,6 +94,7 @@ class ModelSpec:
             "sliding_window": self.sliding_window,
             "sliding_window_layers": list(self.sliding_window_layers),
             "parameters": self.parameters,
+            "chat_template": self.chat_template,
         }
 
 
@@ -128,6 +132,7 @@ def _artifacts_from(entries: list[dict[str, Any]]) -> tuple[Artifact, ...]:
             source=e.get("source", ""),
             download_bytes=e.get("download_bytes"),
             sha256=e.get("sha256"),
+            revision=e.get("revision"),
         )
         for e in entries
     )
@@ -398,7 +403,8 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         reader = gguf.GGUFReader(str(path), "r")
     except Exception as exc:  # the reader raises ValueError, struct/numpy errors, IndexError on corrupt files
         raise UsageError(
-            f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}); download it again or check the path."
+            f"{path} is not a readable GGUF file: it is truncated or corrupt ({type(exc).__name__}: {exc}). "
+            "Download it again or check the path."
         ) from None
     arch = _gguf_scalar(reader, "general.architecture")
     if not isinstance(arch, str):
@@ -454,6 +460,7 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         sliding_window=window if swa_layers else None,
         sliding_window_layers=swa_layers,
         parameters=int(sum(int(t.n_elements) for t in reader.tensors)),
+        chat_template="tokenizer.chat_template" in reader.fields,
     )
     tensors = tuple(
         (

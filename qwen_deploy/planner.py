@@ -573,6 +573,7 @@ def _llamacpp_candidate(
         host=request.host,
         port=request.port,
         use_mmap=not repack[1],
+        chat_template=model.chat_template,
     )
     bandwidth = hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS
     speed = _decode_speed(bandwidth, CPU_DECODE_EFFICIENCY, art.weights_bytes, est.kv_bytes_per_token, context)

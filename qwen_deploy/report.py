@@ -133,3 +133,23 @@ def print_models(rows: list[dict[str, Any]]) -> None:
             ", ".join(r["precisions"]),
         )
     console.print(table)
+
+
+def print_status(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="Servers started by qwen-deploy")
+    for column in ("name", "state", "pid", "url", "engine", "model", "context", "up", "log"):
+        table.add_column(column, no_wrap=column in ("name", "url", "log"))
+    for row in rows:
+        answering = "" if row["answering"] else " (not answering)"
+        table.add_row(
+            row["name"],
+            row["state"] + answering,
+            str(row["pid"]),
+            row["url"] + "/v1",
+            row["engine"],
+            row["served_name"],
+            f"{row['context']:,}",
+            f"{row['uptime_s']:.0f} s",
+            row["log"],
+        )
+    console.print(table)

@@ -37,9 +37,16 @@ def engine_args(
     n_ubatch: int = DEFAULT_N_UBATCH,
     flash_attn: bool = True,
     use_mmap: bool = True,
+    chat_template: bool = True,
 ) -> dict[str, Any]:
-    """Flag -> value, in the order the command passes them."""
-    return {
+    """Flag -> value, in the order the command passes them.
+
+    chat_format "chat_template.default" is the handler llama-cpp-python builds from the GGUF's own
+    tokenizer.chat_template (llama.py, Llama.__init__); left unset, the server may swap the model's template
+    for a built-in formatter it guesses from it. A GGUF without a template gets no chat_format (the server
+    then falls back to its llama-2 format; the launcher warns).
+    """
+    args = {
         "model": model_path,
         "model_alias": alias,
         "host": host,
@@ -58,6 +65,9 @@ def engine_args(
         "n_gpu_layers": 0,
         "verbose": True,
     }
+    if chat_template:
+        args["chat_format"] = "chat_template.default"
+    return args
 
 
 def _flag_value(value: Any) -> str:
@@ -106,3 +116,64 @@ def parse_memory_log(text: str) -> dict[str, Any]:
     if ctx:
         out["n_ctx"] = int(ctx[-1])
     return out
+
+
+# ----------------------------------------------------------------------------- running it
+
+# llama-cpp-python's server has no /health; /v1/models answers once the model is loaded and uvicorn runs.
+READY_PATH = "/v1/models"
+
+# Every field of llama_cpp.server.settings.Settings (0.3.36). They are pydantic BaseSettings with no env
+# prefix and case-insensitive names, so an exported MODEL, N_CTX, CHAT_FORMAT, LORA_PATH ... silently
+# configures the server; and __main__ lets HOST/PORT/CONFIG_FILE override the command line. The launcher
+# removes all of them from the engine's environment (tests check this list against the installed server).
+SETTINGS_ENV_NAMES = frozenset(
+    {
+        "api_key", "cache", "cache_size", "cache_type", "chat_format", "chat_template_kwargs",
+        "clip_model_path", "disable_ping_events", "draft_model", "draft_model_num_pred_tokens", "embedding",
+        "flash_attn", "hf_model_repo_id", "hf_pretrained_model_name_or_path", "hf_tokenizer_config_path",
+        "host", "interrupt_requests", "kv_overrides", "last_n_tokens_size", "logits_all", "lora_base",
+        "lora_path", "main_gpu", "model", "model_alias", "mul_mat_q", "n_batch", "n_ctx", "n_gpu_layers",
+        "n_threads", "n_threads_batch", "n_ubatch", "numa", "offload_kqv", "port", "root_path",
+        "rope_freq_base", "rope_freq_scale", "rope_scaling_type", "rpc_servers", "seed", "split_mode",
+        "ssl_certfile", "ssl_keyfile", "tensor_split", "type_k", "type_v", "use_mlock", "use_mmap", "verbose",
+        "vocab_only", "yarn_attn_factor", "yarn_beta_fast", "yarn_beta_slow", "yarn_ext_factor",
+        "yarn_orig_ctx", "config_file",
+    }
+)  # fmt: skip
+
+
+def environment(base: dict[str, str], api_key: str | None) -> dict[str, str]:
+    """The engine's environment: `base` without the server's settings names, plus API_KEY when given
+    (read by ServerSettings from the environment, so the key never appears in argv)."""
+    env = {k: v for k, v in base.items() if k.lower() not in SETTINGS_ENV_NAMES}
+    if api_key:
+        env["API_KEY"] = api_key
+    return env
+
+
+# Start-up stages, in order, from the server's own log lines (llama.cpp and uvicorn).
+STAGES = (
+    (r"llama_model_loader: loaded meta data", "reading the GGUF header"),
+    (r"load_tensors:", "loading weights"),
+    (r"llama_kv_cache:", "allocating the KV cache"),
+    (r"compute buffer size", "reserving compute buffers"),
+    (r"Uvicorn running on|Application startup complete", "warming up"),
+)
+
+# (pattern, diagnosis) for a server that exited or never answered; the first match wins.
+DIAGNOSES = (
+    (
+        r"insufficient memory|failed to allocate|Cannot allocate memory|std::bad_alloc|MemoryError|"
+        r"failed to create llama_context|Failed to create llama_context|Out of memory",
+        "oom",
+    ),
+    (r"address already in use|Errno 98", "port"),
+    (r"Model path does not exist|No such file or directory", "missing_file"),
+    (
+        r"invalid magic|failed to load model|gguf_init_from_file|Failed to load model|tensor data is not within",
+        "corrupt",
+    ),
+    (r"No module named 'llama_cpp|No module named llama_cpp", "not_installed"),
+    (r"Illegal instruction|SIGILL", "cpu_unsupported"),
+)

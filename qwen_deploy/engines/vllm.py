@@ -85,3 +85,45 @@ def parse_memory_log(text: str) -> dict[str, Any]:
     if m := log_pattern(CUDAGRAPH_RE).search(text):
         out["cuda_graph_bytes"] = round(float(m.group(1)) * gib)
     return out
+
+
+# ----------------------------------------------------------------------------- running it
+
+# While loading, the port refuses connections; /health answers 200 once the engine is up (503 if it died).
+READY_PATH = "/health"
+
+
+def environment(base: dict[str, str], api_key: str | None) -> dict[str, str]:
+    """The engine's environment: VLLM_API_KEY carries the key (argv is visible in the process list)."""
+    env = {k: v for k, v in base.items() if k != "VLLM_API_KEY"}
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
+    return env
+
+
+# Start-up stages from vLLM's V1 log lines (vllm/v1/worker/gpu_model_runner.py, gpu_worker.py, api_server.py).
+STAGES = (
+    (r"Starting to load model|Loading weights|Loading safetensors", "loading weights"),
+    (r"Model loading took", "profiling memory"),
+    (r"Available KV cache memory|GPU KV cache size", "allocating the KV cache"),
+    (r"Capturing CUDA graph|Graph capturing|torch.compile", "capturing CUDA graphs"),
+    (r"Starting vLLM API server|Application startup complete", "warming up"),
+)
+
+DIAGNOSES = (
+    (
+        r"CUDA out of memory|OutOfMemoryError|No available memory for the cache blocks|"
+        r"larger than the available KV cache memory|larger than the maximum number of tokens that can be stored",
+        "oom",
+    ),
+    (r"address already in use|Errno 98", "port"),
+    (r"Free memory on device .* is less than desired GPU memory utilization", "gpu_busy"),
+    (
+        r"no kernel image is available|is not compatible with the current PyTorch installation|"
+        r"Bfloat16 is only supported on GPUs with compute capability|not supported on this GPU|"
+        r"compute capability .* is not supported",
+        "gpu_unsupported",
+    ),
+    (r"Repository Not Found|does not appear to have a file named|No such file or directory", "missing_file"),
+    (r"Failed to infer device type|No CUDA GPUs are available|Found no NVIDIA driver", "no_gpu"),
+)

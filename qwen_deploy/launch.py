@@ -1,0 +1,693 @@
+"""Start the planned engine, wait until it has answered a real completion, supervise it, stop it cleanly,
+and step down to the next candidate when it runs out of memory.
+
+The engine runs in its own session (its own process group) with stdout and stderr appended to
+`logs/NAME.log` in the state directory. Stopping sends SIGTERM to the whole group, waits, then SIGKILL.
+Ready means: the process is alive, the port answers (/health for vLLM, /v1/models for llama-cpp-python),
+the served model is listed, and a one-token chat completion succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TextIO
+
+from qwen_deploy import state
+from qwen_deploy.client import Endpoint, HTTPFailure, port_open
+from qwen_deploy.engines import llamacpp, log_pattern, vllm
+from qwen_deploy.errors import EXIT_ENGINE, QwenDeployError, UsageError
+from qwen_deploy.planner import Candidate, Plan, Request
+from qwen_deploy.units import format_size
+
+POLL_SECONDS = 0.1
+STOP_GRACE_SECONDS = 15.0
+LOG_TAIL_LINES = 25
+EXIT_INTERRUPTED = 130  # stopped by the user before the engine was ready (128 + SIGINT, as shells report)
+
+ENGINES = {"llamacpp": llamacpp, "vllm": vllm}
+
+ADVICE = {
+    "oom": "the engine ran out of memory",
+    "port": "the port is already in use: pick another with --port, or stop what holds it",
+    "missing_file": "a file the engine needs is missing: check the model path",
+    "corrupt": "the model file is corrupt or not a GGUF the engine can read: download it again",
+    "not_installed": "the engine is not installed: pip install 'qwen-deploy[llamacpp]' (see README)",
+    "cpu_unsupported": "the engine build uses CPU instructions this CPU lacks: reinstall it for this CPU",
+    "gpu_busy": "other processes hold GPU memory: stop them or lower --gpu-memory-utilization",
+    "gpu_unsupported": "this GPU is not supported by the installed vLLM/PyTorch build (or by this precision)",
+    "no_gpu": "vLLM found no usable NVIDIA GPU",
+}
+
+
+class EngineFailed(QwenDeployError):
+    """The engine exited, or never became ready; the message carries the log tail and the diagnosis."""
+
+    exit_code = EXIT_ENGINE
+
+    def __init__(self, message: str, kind: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM/SIGHUP reached `up` (raised from the signal handler)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# ----------------------------------------------------------------------------- what to run
+
+
+@dataclass(frozen=True)
+class Launch:
+    name: str
+    candidate: Candidate
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    host: str
+    port: int
+    served_name: str
+    model_id: str
+    api_key: str | None = None
+    api_key_file: str | None = None
+    memory_limit_bytes: int | None = None
+    timeout_s: float = 600.0
+
+
+def expected_load_seconds(candidate: Candidate) -> float:
+    """A generous guess of the time to ready: weights read at 200 MB/s from a cold disk, plus the engine's
+    own start-up (vLLM profiles memory and captures CUDA graphs: a few minutes at most)."""
+    read = candidate.memory.weights_bytes / 200e6
+    return read + (300.0 if candidate.engine == "vllm" else 30.0)
+
+
+def default_timeout(candidate: Candidate) -> float:
+    return max(120.0, 3 * expected_load_seconds(candidate))
+
+
+def build_argv(candidate: Candidate, model_path: str, host: str, port: int) -> tuple[str, ...]:
+    """The candidate's command with the model's local path and the host/port this run binds."""
+    args = dict(candidate.engine_args)
+    args.update(model=model_path, host=host, port=port)
+    return tuple(ENGINES[candidate.engine].command(args))
+
+
+def with_args(candidate: Candidate, model_path: str, host: str, port: int) -> Candidate:
+    args = dict(candidate.engine_args)
+    args.update(model=model_path, host=host, port=port)
+    return replace(candidate, engine_args=args, command=build_argv(candidate, model_path, host, port))
+
+
+# ----------------------------------------------------------------------------- ports
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(parts[9])
+    return inodes
+
+
+def port_owner(port: int) -> int | None:
+    """The pid listening on `port`, when /proc lets us see it."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return None
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            for fd in (pid_dir / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return int(pid_dir.name)
+        except OSError:
+            continue
+    return None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind the port the way uvicorn does (SO_REUSEADDR) and let go: in use -> an error naming the holder."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                owner = port_owner(port)
+                held = f" by pid {owner} ({_cmdline(owner)})" if owner else ""
+                raise QwenDeployError(
+                    f"port {port} on {host} is already in use{held}. "
+                    "To fix: pass another --port (or --port auto), or stop what holds it."
+                ) from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(f"--host {host} is not an address of this machine.") from None
+            raise QwenDeployError(f"cannot bind {host}:{port}: {exc.strerror}.") from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _cmdline(pid: int | None) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    text = " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ----------------------------------------------------------------------------- the engine's log
+
+
+class LogReader:
+    """Reads what the engine appended to its log since this attempt began."""
+
+    def __init__(self, path: Path, offset: int):
+        self.path, self.offset, self.text = path, offset, ""
+
+    def poll(self) -> str:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset + len(self.text.encode()))
+                new = handle.read().decode(errors="replace")
+        except OSError:
+            return ""
+        self.text += new
+        return new
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        self.poll()
+        return "\n".join(self.text.rstrip("\n").splitlines()[-lines:])
+
+
+def stage_of(engine: str, text: str) -> str | None:
+    """The latest start-up stage the log has reached."""
+    found = None
+    for pattern, stage in ENGINES[engine].STAGES:
+        if log_pattern(pattern).search(text):
+            found = stage
+    return found
+
+
+def diagnose(engine: str, text: str) -> str | None:
+    for pattern, kind in ENGINES[engine].DIAGNOSES:
+        if log_pattern(pattern).search(text):
+            return kind
+    return None
+
+
+def _failure(launch: Launch, log: LogReader, what: str, rc: int | None = None) -> EngineFailed:
+    kind = diagnose(launch.candidate.engine, log.text + log.poll())
+    if kind is None and rc is not None and rc < 0:
+        sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        kind = "oom" if -rc == signal.SIGKILL and _oom_killed() else None
+        what += f" (killed by {sig})"
+    advice = ADVICE.get(kind or "", "")
+    if kind == "oom":
+        c = launch.candidate
+        advice += (
+            f" (planned {format_size(c.memory.total_bytes)} for {c.label()} at {c.context:,} tokens"
+            + (
+                f", address space capped at {format_size(launch.memory_limit_bytes)}"
+                if launch.memory_limit_bytes
+                else ""
+            )
+            + ")"
+        )
+    tail = log.tail()
+    message = (
+        f"{what}.{' Diagnosis: ' + advice + '.' if advice else ''}\n"
+        f"--- last lines of {log.path} ---\n{tail}\n--- end of log ---"
+    )
+    return EngineFailed(message, kind)
+
+
+def _oom_killed() -> bool:
+    """The kernel's OOM killer struck recently (a SIGKILL with no log line of the engine's own)."""
+    try:
+        text = Path("/sys/fs/cgroup/memory.events").read_text()
+    except OSError:
+        return False
+    match = re.search(r"oom_kill (\d+)", text)
+    return bool(match and int(match.group(1)) > 0)
+
+
+# ----------------------------------------------------------------------------- start, wait, stop
+
+
+def _child_setup(memory_limit: int | None, die_with_parent: bool) -> Callable[[], None] | None:
+    if not memory_limit and not die_with_parent:
+        return None
+    parent = os.getpid()
+
+    def setup() -> None:  # runs in the child between fork and exec: no locks, no allocation-heavy work
+        if memory_limit:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        if die_with_parent:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return setup
+
+
+def spawn(launch: Launch, log_file: Path, foreground: bool) -> subprocess.Popen:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        try:
+            return subprocess.Popen(
+                list(launch.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=launch.env,
+                start_new_session=True,
+                close_fds=True,
+                preexec_fn=_child_setup(launch.memory_limit_bytes, die_with_parent=foreground),  # noqa: PLW1509
+            )
+        except FileNotFoundError:
+            hint = "pip install vllm (on a machine with an NVIDIA GPU)" if launch.candidate.engine == "vllm" else ""
+            raise EngineFailed(
+                f"cannot start the engine: {launch.argv[0]!r} was not found. {hint}".rstrip(), "not_installed"
+            ) from None
+
+
+def stop_group(pid: int, grace: float = STOP_GRACE_SECONDS, proc: subprocess.Popen | None = None) -> str:
+    """SIGTERM the process group led by pid, wait up to `grace` seconds, then SIGKILL. Returns how it ended."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        _reap(proc)
+        return "already gone"
+    if _wait_gone(pid, grace, proc):
+        return "stopped"
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    _wait_gone(pid, 5.0, proc)
+    return "killed"
+
+
+def _reap(proc: subprocess.Popen | None) -> None:
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # members that are zombies still count for killpg(0); look for a live one
+    for pid_dir in Path("/proc").iterdir():
+        if pid_dir.name.isdigit():
+            try:
+                fields = pid_dir.joinpath("stat").read_text()
+            except OSError:
+                continue
+            rest = fields[fields.rindex(")") + 2 :].split()
+            if int(rest[2]) == pgid and rest[0] != "Z":
+                return True
+    return False
+
+
+def _wait_gone(pid: int, timeout: float, proc: subprocess.Popen | None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(proc)
+        if not _group_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not _group_alive(pid)
+
+
+class Progress:
+    """A live line on stderr: '[ 12.3s] loading weights'. One line per stage when stderr is not a terminal."""
+
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.quiet = quiet
+        self.stage: str | None = None
+        self.last_draw = 0.0
+
+    def show(self, elapsed: float, stage: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            now = time.monotonic()
+            if stage != self.stage or now - self.last_draw >= 0.5:
+                self.stream.write(f"\r\033[K[{elapsed:6.1f}s] {stage}")
+                self.stream.flush()
+                self.last_draw = now
+        elif stage != self.stage:
+            self.stream.write(f"[{elapsed:6.1f}s] {stage}\n")
+            self.stream.flush()
+        self.stage = stage
+
+    def done(self) -> None:
+        if self.tty and not self.quiet and self.stage is not None:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def wait_ready(proc: subprocess.Popen, launch: Launch, log: LogReader, progress: Progress, started: float) -> float:
+    """Poll until ready; returns the seconds it took. Checks, in order each round: the process (an exit is
+    reported within one poll), the deadline, the log's stage, then the port and a real completion."""
+    endpoint = Endpoint(f"http://{_connect_host(launch.host)}:{launch.port}", launch.api_key)
+    ready_path = ENGINES[launch.candidate.engine].READY_PATH
+    deadline = started + launch.timeout_s
+    listed = False
+    while True:
+        rc = proc.poll()
+        if rc is not None:
+            raise _failure(launch, log, f"the engine exited with code {rc} before it was ready", rc)
+        now = time.monotonic()
+        if now > deadline:
+            raise _failure(launch, log, f"the engine was not ready after {launch.timeout_s:.0f} s (--timeout)")
+        log.poll()
+        stage = stage_of(launch.candidate.engine, log.text) or "starting"
+        if port_open(_connect_host(launch.host), launch.port, timeout=0.5):
+            try:
+                if not listed:
+                    endpoint.get(ready_path, timeout=5.0)
+                    ids = endpoint.model_ids()
+                    if launch.served_name not in ids:
+                        raise HTTPFailure(f"{launch.served_name!r} is not among the served models {ids}")
+                    listed = True
+                stage = "first completion"
+                progress.show(now - started, stage)
+                endpoint.one_token(launch.served_name, timeout=max(1.0, min(120.0, deadline - now)))
+                return time.monotonic() - started
+            except HTTPFailure as exc:
+                if exc.status in (401, 403):
+                    raise EngineFailed(f"the engine refused the API key: {exc}") from None
+            except (KeyError, IndexError, TypeError, AttributeError):
+                pass  # an answer without choices: not ready yet
+        progress.show(now - started, stage)
+        time.sleep(POLL_SECONDS)
+
+
+def _connect_host(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+# ----------------------------------------------------------------------------- step down on OOM
+
+LLAMACPP_KV_ORDER = ("f16", "q8_0", "q4_0")
+VLLM_KV_ORDER = ("auto", "fp8")
+
+
+def step_down(p: Plan, failed: Candidate, replan: Callable[[Request], Plan]) -> tuple[Plan, str] | None:
+    """The plan to try after `failed` ran out of memory, and what changed: the first of a shorter context
+    (half, while at least --min-context), a lower-precision KV cache, smaller weights, the CPU engine, for
+    which the planner still finds a candidate that fits."""
+    req = p.request
+    pins = {"engine": failed.engine, "precision": failed.precision, "kv_cache_dtype": failed.kv_cache_dtype}
+    steps: list[tuple[Request, str]] = []
+    pad = 256 if failed.engine == "llamacpp" else 16
+    shorter = (failed.context // 2) // pad * pad
+    if shorter >= (req.min_context or 1):
+        steps.append((replace(req, context=shorter, **pins), f"context {failed.context:,} -> {shorter:,} tokens"))
+    order = LLAMACPP_KV_ORDER if failed.engine == "llamacpp" else VLLM_KV_ORDER
+    if failed.kv_cache_dtype in order:
+        for kv in order[order.index(failed.kv_cache_dtype) + 1 :]:
+            kv_pins = {**pins, "kv_cache_dtype": kv}
+            steps.append((replace(req, context=failed.context, **kv_pins), f"KV cache {failed.kv_cache_dtype} -> {kv}"))
+    smaller = sorted(
+        (a for a in p.model.artifacts if a.engine == failed.engine and a.weights_bytes < failed.artifact.weights_bytes),
+        key=lambda a: -a.weights_bytes,
+    )
+    for art in smaller:
+        smaller_pins = {"engine": failed.engine, "precision": art.precision, "kv_cache_dtype": failed.kv_cache_dtype}
+        steps.append(
+            (replace(req, context=failed.context, **smaller_pins), f"weights {failed.precision} -> {art.precision}")
+        )
+    if failed.engine == "vllm":
+        cpu = replace(req, engine="llamacpp", precision=None, kv_cache_dtype=None)
+        steps.append((cpu, "vLLM on the GPU -> llama.cpp on the CPU"))
+    for request, why in steps:
+        try:
+            new = replan(request)
+        except QwenDeployError:
+            continue
+        if new.choice is not None:
+            return new, why
+    return None
+
+
+# ----------------------------------------------------------------------------- up
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key_file: str | None = None
+    detach: bool = False
+    timeout_s: float | None = None
+    memory_limit_bytes: int | None = None
+    max_retries: int = 3
+    fallback: bool = True
+    model_file: str | None = None
+
+
+def read_api_key(path: str) -> str:
+    """The key from a file (one line). Never put into argv, logs or state records."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--api-key-file {path!r} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read --api-key-file {path!r}: {exc}.") from None
+    key = text.strip()
+    if not key or any(ch.isspace() for ch in key) or not key.isprintable():
+        raise UsageError(f"--api-key-file {path!r} must hold one key: one line, no spaces or control characters.")
+    return key
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _model_path(candidate: Candidate, model_file: str | None) -> str:
+    from qwen_deploy.hardware import models_dir
+    from qwen_deploy.modelfiles import fetch_gguf, fetch_snapshot
+
+    if candidate.engine == "llamacpp":
+        if model_file:
+            return str(Path(model_file).expanduser().resolve())
+        return str(fetch_gguf(candidate.artifact, models_dir()))
+    if model_file:
+        return str(Path(model_file).expanduser().resolve())
+    return fetch_snapshot(candidate.artifact, models_dir())
+
+
+def _prepare(p: Plan, candidate: Candidate, opts: UpOptions, name: str, api_key: str | None) -> Launch:
+    path = _model_path(candidate, opts.model_file)
+    if candidate.engine == "llamacpp":
+        from qwen_deploy.modelfiles import check_gguf
+
+        found = check_gguf(Path(path), p.model)
+        if not found.chat_template:
+            _say(f"warning: {path} has no chat template; the server falls back to its llama-2 chat format.")
+    engine = ENGINES[candidate.engine]
+    served = str(candidate.engine_args.get("model_alias") or candidate.engine_args.get("served-model-name"))
+    return Launch(
+        name=name,
+        candidate=with_args(candidate, path, opts.host, opts.port),
+        argv=build_argv(candidate, path, opts.host, opts.port),
+        env=engine.environment(dict(os.environ), api_key),
+        host=opts.host,
+        port=opts.port,
+        served_name=served,
+        model_id=p.model.id,
+        api_key=api_key,
+        api_key_file=str(Path(opts.api_key_file).expanduser().resolve()) if opts.api_key_file else None,
+        memory_limit_bytes=opts.memory_limit_bytes,
+        timeout_s=opts.timeout_s or default_timeout(candidate),
+    )
+
+
+def _claim(launch: Launch) -> None:
+    """Refuse a second server with the same name or port (under the state lock; stale records are dropped)."""
+    for stale in state.reap_stale():
+        _say(f"note: removed the stale record of {stale.name!r} (pid {stale.pid} is gone).")
+    for record in state.records():
+        if record.name == launch.name:
+            raise QwenDeployError(
+                f"a server named {launch.name!r} is already running (pid {record.pid}, {record.url}). "
+                f"To fix: `qwen-deploy down {launch.name}`, or pass another --name."
+            )
+        if record.port == launch.port:
+            raise QwenDeployError(
+                f"port {launch.port} is already used by {record.name!r} (pid {record.pid}). "
+                "To fix: pass another --port (or --port auto), or stop it with `qwen-deploy down`."
+            )
+    check_port_free(launch.host, launch.port)
+
+
+def _start(launch: Launch, attempt: int, foreground: bool) -> tuple[subprocess.Popen, state.Record, LogReader]:
+    log_file = state.log_path(launch.name)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a", encoding="utf-8") as handle:
+        handle.write(
+            f"=== qwen-deploy up {launch.name}: attempt {attempt}, {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            f"{' '.join(launch.argv)}\n"
+        )
+        offset = handle.tell()
+    with state.locked():
+        _claim(launch)
+        proc = spawn(launch, log_file, foreground)
+        record = state.Record(
+            name=launch.name,
+            pid=proc.pid,
+            start_ticks=state.process_start_ticks(proc.pid) or 0,
+            engine=launch.candidate.engine,
+            host=launch.host,
+            port=launch.port,
+            served_name=launch.served_name,
+            model=launch.model_id,
+            context=launch.candidate.context,
+            log=str(log_file),
+            plan=str(state.plan_path(launch.name)),
+            command=list(launch.argv),
+            started_at=state.now(),
+            mode="foreground" if foreground else "detached",
+            up_pid=os.getpid(),
+            api_key_file=launch.api_key_file,
+            attempt=attempt,
+        )
+        state.write(record)
+    return proc, record, LogReader(log_file, offset)
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def up(p: Plan, opts: UpOptions, replan: Callable[[Request], Plan], progress: Progress | None = None) -> int:
+    """Run the plan's choice until ready (stepping down on OOM); then return (--detach) or supervise it.
+    Returns the exit code."""
+    import json
+
+    assert p.choice is not None
+    progress = progress or Progress()
+    api_key = read_api_key(opts.api_key_file) if opts.api_key_file else None
+    name = (
+        state.check_name(opts.name)
+        if opts.name
+        else state.default_name(
+            str(p.choice.engine_args.get("model_alias") or p.choice.engine_args.get("served-model-name") or "model")
+        )
+    )
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    proc: subprocess.Popen | None = None
+    record: state.Record | None = None
+    try:
+        attempt, candidate = 1, p.choice
+        while True:
+            launch = _prepare(p, candidate, opts, name, api_key)
+            _say(f"starting {name}: {candidate.label()}, {candidate.context:,} tokens, log {state.log_path(name)}")
+            started = time.monotonic()
+            proc, record, log = _start(launch, attempt, foreground=not opts.detach)
+            try:
+                took = wait_ready(proc, launch, log, progress, started)
+                break
+            except EngineFailed as failure:
+                progress.done()
+                stop_group(proc.pid, proc=proc)
+                state.remove(name)
+                proc = record = None
+                if failure.kind != "oom" or not opts.fallback or attempt > opts.max_retries:
+                    if failure.kind == "oom" and opts.fallback:
+                        failure.args = (f"{failure.args[0]}\nGave up after {attempt} attempts (--max-retries).",)
+                    raise
+                nxt = step_down(p, candidate, replan)
+                if nxt is None:
+                    raise EngineFailed(f"{failure}\nNo smaller candidate fits; nothing left to try.", "oom") from None
+                p, why = nxt
+                _say(f"out of memory with {candidate.label()} at {candidate.context:,} tokens; retrying with {why}.")
+                candidate, attempt = p.choice, attempt + 1
+                assert candidate is not None
+        progress.done()
+        ran = replace(p, choice=launch.candidate)
+        from qwen_deploy.resources import write_atomic
+
+        write_atomic(state.plan_path(name), json.dumps(ran.to_dict(), indent=2) + "\n", mode=0o600)
+        record = state.update(record, state="ready", ready_at=state.now())
+        summary = (
+            f"{name} ready at {record.url}/v1 in {took:.1f} s: {launch.candidate.label()}, "
+            f"{launch.candidate.context:,} tokens, model {launch.served_name!r}, pid {proc.pid}"
+        )
+        print(summary, flush=True)
+        if opts.detach:
+            proc = record = None  # it is the user's now: `qwen-deploy down` stops it
+            return 0
+        _say("Ctrl-C stops it.")
+        return _supervise(proc, record, log)
+    except Interrupted as sig:
+        progress.done()
+        if proc is not None:
+            _say(f"{signal.Signals(sig.signum).name}: stopping {name} ...")
+            how = stop_group(proc.pid, proc=proc)
+            _say(f"{name} {how}.")
+        return 0 if record is not None and record.state == "ready" else EXIT_INTERRUPTED
+    finally:
+        if proc is not None:  # any other error while it runs: leave nothing behind
+            stop_group(proc.pid, proc=proc)
+        if record is not None:
+            state.remove(name)
+        for sig_num, handler in previous.items():
+            signal.signal(sig_num, handler)
+
+
+def _supervise(proc: subprocess.Popen, record: state.Record, log: LogReader) -> int:
+    """Wait for the engine in the foreground. A stop by `down` exits 0; a crash prints the log tail, exit 4."""
+    rc = proc.wait()
+    current = state.read(record.name)
+    if current is None or current.state == "stopping" or current.pid != record.pid:
+        _say(f"{record.name} was stopped (qwen-deploy down).")
+        return 0
+    launch_engine = record.engine
+    kind = diagnose(launch_engine, log.text + log.poll())
+    advice = f" Diagnosis: {ADVICE[kind]}." if kind in ADVICE else ""
+    _say(
+        f"{record.name} stopped on its own after it was ready (exit code {rc}).{advice}\n"
+        f"--- last lines of {log.path} ---\n{log.tail()}\n--- end of log ---"
+    )
+    return EXIT_ENGINE
