@@ -1,8 +1,7 @@
 """ModelSpec: a model's geometry and the artifacts (checkpoints, GGUF files) each precision is served from.
 
 Three sources: a built-in profile (profiles/models/*.yaml), a Hugging Face folder with config.json
-(`--model DIR`), or a GGUF file (`--model FILE.gguf`, header read with the `gguf` package, imported lazily
-because it pulls in numpy).
+(`--model DIR`), or a GGUF file (`--model FILE.gguf`, header read by qwen_deploy.gguf_header).
 """
 
 from __future__ import annotations
@@ -376,42 +375,20 @@ _FILE_TYPE_PRECISION = {
 }
 
 
-def _gguf_scalar(reader: Any, key: str) -> Any:
-    field_ = reader.fields.get(key)
-    if field_ is None or not field_.data:
-        return None
-    value = field_.parts[field_.data[0]]
-    if field_.types and field_.types[0].name == "STRING":
-        return bytes(value).decode("utf-8", errors="replace")
-    if field_.types and field_.types[0].name == "ARRAY":
-        return [field_.parts[i].tolist()[0] for i in field_.data]
-    return value.tolist()[0]
-
-
-def _gguf_array_len(reader: Any, key: str) -> int | None:
-    field_ = reader.fields.get(key)
-    return len(field_.data) if field_ is not None else None
-
-
 def spec_from_gguf(path: Path) -> ModelSpec:
     """Geometry and exact tensor bytes from a GGUF header (tensor data is not read)."""
+    from qwen_deploy.gguf_header import GGUFError, read_header
+
     try:
-        import gguf
-    except ImportError:  # pragma: no cover - gguf is a core dependency
-        raise UsageError("reading .gguf files needs the 'gguf' package: pip install gguf.") from None
-    try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except Exception as exc:  # the reader raises ValueError, struct/numpy errors, IndexError on corrupt files
-        raise UsageError(
-            f"{path} is not a readable GGUF file: it is truncated or corrupt ({type(exc).__name__}: {exc}). "
-            "Download it again or check the path."
-        ) from None
-    arch = _gguf_scalar(reader, "general.architecture")
+        header = read_header(path)
+    except (GGUFError, OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not a readable GGUF file: {exc}. Download it again or check the path.") from None
+    arch = header.get("general.architecture")
     if not isinstance(arch, str):
         raise UsageError(f"{path}: GGUF header has no general.architecture; the file is corrupt or not a model.")
 
     def key(suffix: str) -> Any:
-        return _gguf_scalar(reader, f"{arch}.{suffix}")
+        return header.get(f"{arch}.{suffix}")
 
     layers = key("block_count")
     hidden = key("embedding_length")
@@ -433,14 +410,14 @@ def spec_from_gguf(path: Path) -> ModelSpec:
     elif window and arch in _SWA_PATTERNS:
         n = _SWA_PATTERNS[arch]
         swa_layers = tuple(i for i in range(layers) if (i + 1) % n != 0)
-    vocab = key("vocab_size") or _gguf_array_len(reader, "tokenizer.ggml.tokens")
+    vocab = key("vocab_size") or header.array_lengths.get("tokenizer.ggml.tokens")
     if not vocab:
         raise UsageError(f"{path}: GGUF header has no vocabulary size.")
-    tensor_bytes = int(sum(int(t.n_bytes) for t in reader.tensors))
-    names = {t.name for t in reader.tensors}
-    file_type = _gguf_scalar(reader, "general.file_type")
+    tensor_bytes = sum(t.n_bytes for t in header.tensors)
+    names = {t.name for t in header.tensors}
+    file_type = header.get("general.file_type")
     precision = _FILE_TYPE_PRECISION.get(file_type, f"gguf_type_{file_type}") if file_type is not None else "gguf"
-    name = _gguf_scalar(reader, "general.name") or path.stem
+    name = header.get("general.name") or path.stem
     spec = ModelSpec(
         id=str(name),
         name=path.stem,
@@ -459,18 +436,11 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         dtype=precision,
         sliding_window=window if swa_layers else None,
         sliding_window_layers=swa_layers,
-        parameters=int(sum(int(t.n_elements) for t in reader.tensors)),
-        chat_template="tokenizer.chat_template" in reader.fields,
+        parameters=sum(t.n_elements for t in header.tensors),
+        chat_template="tokenizer.chat_template" in header.fields,
     )
     tensors = tuple(
-        (
-            t.name,
-            t.tensor_type.name,
-            int(t.shape[0]),
-            int(t.shape[1]) if len(t.shape) > 1 else 1,
-            int(t.n_bytes),
-        )
-        for t in reader.tensors
+        (t.name, t.type_name, t.shape[0], t.shape[1] if len(t.shape) > 1 else 1, t.n_bytes) for t in header.tensors
     )
     artifact = Artifact(
         engine="llamacpp",

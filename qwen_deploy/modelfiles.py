@@ -150,4 +150,3 @@ def check_gguf(path: Path, model: ModelSpec) -> ModelSpec:
             "To fix: pass the plan's GGUF file, or plan for this file with --model PATH."
         )
     return found
-
