@@ -3,6 +3,7 @@ find every process a test left behind by a tag in its environment."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -39,10 +40,8 @@ def tagged_pids(tag: str) -> list[int]:
 
 def kill_all(pids: list[int]) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class QD:
