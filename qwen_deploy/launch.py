@@ -517,7 +517,26 @@ def _model_path(candidate: Candidate, model_file: str | None) -> str:
     return fetch_snapshot(candidate.artifact, models_dir())
 
 
+def check_engine_installed(engine: str) -> None:
+    """Say how to install the engine before downloading anything for it."""
+    import importlib.util
+    import shutil
+
+    if engine == "llamacpp" and importlib.util.find_spec("llama_cpp") is None:
+        raise QwenDeployError(
+            "the llama.cpp engine (llama-cpp-python's server) is not installed in this environment. "
+            "To fix: run scripts/install-llamacpp from the qwen-deploy sources (a portable build), "
+            "or pip install 'qwen-deploy[llamacpp]'."
+        )
+    if engine == "vllm" and shutil.which("vllm") is None:
+        raise QwenDeployError(
+            "vLLM is not installed (no `vllm` command on PATH). To fix: pip install 'qwen-deploy[vllm]' on a "
+            "machine with an NVIDIA GPU, or plan for the CPU with --engine llamacpp."
+        )
+
+
 def _prepare(p: Plan, candidate: Candidate, opts: UpOptions, name: str, api_key: str | None) -> Launch:
+    check_engine_installed(candidate.engine)
     path = _model_path(candidate, opts.model_file)
     if candidate.engine == "llamacpp":
         from qwen_deploy.modelfiles import check_gguf

@@ -353,3 +353,10 @@ def test_path_of_a_gguf_in_the_state_plan(tmp_path, small_gguf):
     # the tiny file's quant (f16) is not a precision the Qwen profile has
     assert code == 2 and "--precision 'f16' is not available" in err
     assert Path(small_gguf).exists()
+
+
+def test_missing_vllm_is_named_before_anything_is_downloaded(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `vllm` command on it
+    code, _, err = run("up", "--gpu", "RTX 4090", "--ram", "64GiB", "--engine", "vllm", "--port", "auto")
+    assert code == 1
+    assert "vLLM is not installed (no `vllm` command on PATH)" in err
