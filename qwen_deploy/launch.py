@@ -541,7 +541,9 @@ def _prepare(p: Plan, candidate: Candidate, opts: UpOptions, name: str, api_key:
     if candidate.engine == "llamacpp":
         from qwen_deploy.modelfiles import check_gguf
 
-        found = check_gguf(Path(path), p.model)
+        # a plan made from this very file read its header a moment ago; any other file is read now
+        same = Path(p.model.source).resolve() == Path(path).resolve() if p.model.source.endswith(".gguf") else False
+        found = p.model if same else check_gguf(Path(path), p.model)
         if not found.chat_template:
             _say(f"warning: {path} has no chat template; the server falls back to its llama-2 chat format.")
     engine = ENGINES[candidate.engine]
