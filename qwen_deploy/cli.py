@@ -513,6 +513,38 @@ def down(name: str | None, all_: bool, timeout: float) -> None:
         click.echo(f"{record.name}: {how} (pid {record.pid}, port {record.port} free)")
 
 
+@cli.command()
+@click.option("--name", help="A server started by `up` (its URL, model and API key file).")
+@click.option("--url", help="Any OpenAI-compatible server: http://HOST:PORT.")
+@click.option("--model", "served_name", help="The served model name to expect (default: the first listed).")
+@click.option(
+    "--api-key-file", metavar="FILE", help="Key to send (default: $QWEN_DEPLOY_API_KEY, $VLLM_API_KEY, $API_KEY)."
+)
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
+def wait(name: str | None, url: str | None, served_name: str | None, api_key_file: str | None, timeout: float) -> None:
+    """Wait until a server answers a real one-token chat completion (the readiness check of `up`)."""
+    import os
+
+    from qwen_deploy import launch, state
+
+    if bool(name) == bool(url):
+        raise UsageError("pass --name NAME or --url URL.")
+    if not timeout > 0:
+        raise UsageError("--timeout must be a positive number of seconds.")
+    if name:
+        record = _pick(state.check_name(name), state.records(), "wait for")
+        url, served_name = record.url, served_name or record.served_name
+        api_key_file = api_key_file or record.api_key_file
+    if api_key_file:
+        key = launch.read_api_key(api_key_file)
+    else:
+        key = next(
+            (os.environ[k] for k in ("QWEN_DEPLOY_API_KEY", "VLLM_API_KEY", "API_KEY") if os.environ.get(k)), None
+        )
+    took = launch.wait_url(str(url), served_name, key, timeout, launch.Progress())
+    click.echo(f"{url} serves{' ' + repr(served_name) if served_name else ''} (ready after {took:.1f} s)")
+
+
 # ----------------------------------------------------------------------------- models
 
 

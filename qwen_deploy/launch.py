@@ -383,13 +383,48 @@ class Progress:
             self.stream.flush()
 
 
+class Readiness:
+    """The readiness check shared by `up`, `wait` (systemd's ExecStartPost) and the benchmarks: the port
+    answers, the engine's ready path answers, the model is listed, and a one-token chat completion returns."""
+
+    def __init__(self, endpoint: Endpoint, ready_path: str, served_name: str | None):
+        self.endpoint, self.ready_path, self.served_name = endpoint, ready_path, served_name
+        self.listed = False
+
+    def check(
+        self, host: str, port: int, completion_timeout: float, on_completion: Callable[[], None] | None = None
+    ) -> bool:
+        """One round; True when ready. Raises EngineFailed when the server refuses the API key."""
+        if not port_open(host, port, timeout=0.5):
+            return False
+        try:
+            if not self.listed:
+                self.endpoint.get(self.ready_path, timeout=5.0)
+                ids = self.endpoint.model_ids()
+                if self.served_name is None and ids:
+                    self.served_name = ids[0]
+                if self.served_name not in ids:
+                    return False
+                self.listed = True
+            if on_completion:
+                on_completion()
+            self.endpoint.one_token(str(self.served_name), timeout=completion_timeout)
+            return True
+        except HTTPFailure as exc:
+            if exc.status in (401, 403):
+                raise EngineFailed(f"the server refused the API key: {exc}") from None
+            return False
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return False  # an answer without choices: not ready yet
+
+
 def wait_ready(proc: subprocess.Popen, launch: Launch, log: LogReader, progress: Progress, started: float) -> float:
     """Poll until ready; returns the seconds it took. Checks, in order each round: the process (an exit is
     reported within one poll), the deadline, the log's stage, then the port and a real completion."""
-    endpoint = Endpoint(f"http://{_connect_host(launch.host)}:{launch.port}", launch.api_key)
-    ready_path = ENGINES[launch.candidate.engine].READY_PATH
+    host = _connect_host(launch.host)
+    endpoint = Endpoint(f"http://{host}:{launch.port}", launch.api_key)
+    ready = Readiness(endpoint, ENGINES[launch.candidate.engine].READY_PATH, launch.served_name)
     deadline = started + launch.timeout_s
-    listed = False
     while True:
         rc = proc.poll()
         if rc is not None:
@@ -398,25 +433,37 @@ def wait_ready(proc: subprocess.Popen, launch: Launch, log: LogReader, progress:
         if now > deadline:
             raise _failure(launch, log, f"the engine was not ready after {launch.timeout_s:.0f} s (--timeout)")
         log.poll()
-        stage = stage_of(launch.candidate.engine, log.text) or "starting"
-        if port_open(_connect_host(launch.host), launch.port, timeout=0.5):
-            try:
-                if not listed:
-                    endpoint.get(ready_path, timeout=5.0)
-                    ids = endpoint.model_ids()
-                    if launch.served_name not in ids:
-                        raise HTTPFailure(f"{launch.served_name!r} is not among the served models {ids}")
-                    listed = True
-                stage = "first completion"
-                progress.show(now - started, stage)
-                endpoint.one_token(launch.served_name, timeout=max(1.0, min(120.0, deadline - now)))
-                return time.monotonic() - started
-            except HTTPFailure as exc:
-                if exc.status in (401, 403):
-                    raise EngineFailed(f"the engine refused the API key: {exc}") from None
-            except (KeyError, IndexError, TypeError, AttributeError):
-                pass  # an answer without choices: not ready yet
-        progress.show(now - started, stage)
+        progress.show(now - started, stage_of(launch.candidate.engine, log.text) or "starting")
+        if ready.check(
+            host,
+            launch.port,
+            completion_timeout=max(1.0, min(120.0, deadline - now)),
+            on_completion=lambda: progress.show(time.monotonic() - started, "first completion"),
+        ):
+            return time.monotonic() - started
+        time.sleep(POLL_SECONDS)
+
+
+def wait_url(url: str, served_name: str | None, api_key: str | None, timeout_s: float, progress: Progress) -> float:
+    """`qwen-deploy wait`: poll an endpoint (ours or not) until it serves; seconds it took, or EngineFailed."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or not parts.port:
+        raise UsageError(f"--url must look like http://HOST:PORT, not {url!r}.")
+    base = f"http://{parts.netloc}"
+    ready = Readiness(Endpoint(base, api_key), "/v1/models", served_name)
+    started = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now - started > timeout_s:
+            raise EngineFailed(f"{base} did not serve within {timeout_s:.0f} s (--timeout).")
+        progress.show(now - started, "waiting for a completion" if port_open(parts.hostname, parts.port) else "waiting")
+        if ready.check(
+            parts.hostname, parts.port, completion_timeout=max(1.0, min(120.0, timeout_s - (now - started)))
+        ):
+            progress.done()
+            return time.monotonic() - started
         time.sleep(POLL_SECONDS)
 
 

@@ -345,3 +345,35 @@ def test_oom_without_fallback_fails_with_diagnosis(qd, synthetic_gguf):
     assert "Diagnosis: the engine ran out of memory" in result.stderr
     assert "address space capped at 4.00 GiB" in result.stderr
     assert "retrying" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- wait, logs -f
+
+
+def test_wait_uses_the_same_readiness_check(qd, small_gguf, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-wait\n")
+    port = free_port()
+    _up_detached(qd, small_gguf, port, "--name", "w", "--api-key-file", str(key_file))
+    by_name = qd.run("wait", "--name", "w", "--timeout", "30")
+    assert by_name.returncode == 0, by_name.stderr
+    assert f"http://127.0.0.1:{port} serves 'tiny-qwen3'" in by_name.stdout
+    no_key = qd.run("wait", "--url", f"http://127.0.0.1:{port}", "--timeout", "30")
+    assert no_key.returncode == 4 and "refused the API key" in no_key.stderr
+    qd.env["API_KEY"] = "sk-wait"  # what systemd's EnvironmentFile= gives ExecStartPost
+    with_env = qd.run("wait", "--url", f"http://127.0.0.1:{port}", "--timeout", "30")
+    assert with_env.returncode == 0, with_env.stderr
+    assert qd.run("down", "w").returncode == 0
+    closed = qd.run("wait", "--url", f"http://127.0.0.1:{port}", "--timeout", "1")
+    assert closed.returncode == 4 and "did not serve within 1 s" in closed.stderr
+
+
+def test_logs_follow_ends_when_the_server_stops(qd, small_gguf):
+    _up_detached(qd, small_gguf, free_port(), "--name", "chatty")
+    follower = qd.start("logs", "chatty", "-f", "-n", "3")
+    time.sleep(0.5)
+    assert follower.poll() is None  # still following
+    assert qd.run("down", "chatty").returncode == 0
+    out, err = follower.communicate(timeout=10)
+    assert follower.returncode == 0, err
+    assert "Shutting down" in out or "Finished server process" in out  # uvicorn's lines after SIGTERM
