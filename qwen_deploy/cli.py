@@ -545,6 +545,70 @@ def wait(name: str | None, url: str | None, served_name: str | None, api_key_fil
     click.echo(f"{url} serves{' ' + repr(served_name) if served_name else ''} (ready after {took:.1f} s)")
 
 
+# ----------------------------------------------------------------------------- render
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(["systemd", "compose", "k8s", "helm-values", "all"]))
+@click.argument("plan_file", required=False, metavar="[PLAN.yaml]")
+@_plan_options
+@click.option("--model-file", metavar="PATH", help="A local GGUF file / model folder the files should use.")
+@click.option("-o", "--output", "output_dir", metavar="DIR", help="Write the files into DIR (default: print them).")
+@click.option("--name", help="Service name (default: the model's name).")
+@click.option("--replicas", type=int, help="Kubernetes / Helm replicas (default: the plan's).")
+@click.option(
+    "--user", "user_unit", is_flag=True, help="A systemd user unit (systemctl --user) instead of a system one."
+)
+@click.pass_context
+def render(
+    ctx: click.Context,
+    kind: str,
+    plan_file: str | None,
+    model_file: str | None,
+    output_dir: str | None,
+    name: str | None,
+    replicas: int | None,
+    user_unit: bool,
+    **options: Any,
+) -> None:
+    """Write a systemd unit, docker-compose file, Kubernetes manifests or production-stack Helm values from
+    the plan (or PLAN.yaml). Starts nothing."""
+    from pathlib import Path
+
+    from qwen_deploy import render as render_mod
+    from qwen_deploy import state
+
+    result, host, port, _ = _plan_for_up(ctx, plan_file, model_file, options)
+    if result.choice is None:
+        from qwen_deploy.planner import nothing_fits_message
+
+        raise NothingFitsError(nothing_fits_message(result))
+    served = result.choice.engine_args.get("model_alias") or result.choice.engine_args.get("served-model-name")
+    opts = render_mod.RenderOptions(
+        name=state.check_name(name) if name else state.default_name(str(served)),
+        host=host,
+        port=port,
+        replicas=replicas,
+        user_unit=user_unit,
+        model_path=str(Path(model_file).expanduser().resolve()) if model_file else None,
+    )
+    files, warnings = render_mod.render(result, kind, opts)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not output_dir:
+        for i, (file_name, text) in enumerate(files.items()):
+            if len(files) > 1:
+                click.echo(("\n" if i else "") + f"# ===== {file_name} =====")
+            click.echo(text, nl=False)
+        return
+    from qwen_deploy.resources import write_atomic
+
+    for file_name, text in files.items():
+        target = Path(output_dir) / file_name
+        write_atomic(target, text)
+        click.echo(f"wrote {target}", err=True)
+
+
 # ----------------------------------------------------------------------------- models
 
 
