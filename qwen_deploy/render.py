@@ -118,10 +118,16 @@ def cache_storage_gib(c: Candidate) -> int:
     return max(1, math.ceil(size * 1.2 / 1024**3))
 
 
-def load_timeout_s(c: Candidate) -> int:
+# Containers download the weights when they first start: allow for a 25 MB/s link on top of the load time.
+DOWNLOAD_BYTES_PER_S = 25e6
+
+
+def load_timeout_s(c: Candidate, download: bool = False) -> int:
+    """Seconds to allow for start-up: `up`'s default (3 × expected load), plus a first download if any."""
     from qwen_deploy.launch import default_timeout
 
-    return math.ceil(default_timeout(c))
+    extra = (c.artifact.download_bytes or c.artifact.weights_bytes) / DOWNLOAD_BYTES_PER_S if download else 0
+    return math.ceil(default_timeout(c) + extra)
 
 
 def llama_server_args(c: Candidate, model_args: list[str], port: int) -> list[str]:
@@ -252,10 +258,9 @@ def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
         "gpu": c.device == "gpu",
         "memory_max_mib": memory_limit_mib(c) if c.device == "cpu" else None,
         "protect_home": "read-only" if under_home or o.user_unit else "yes",
-        "hf_cache": None if c.engine == "llamacpp" else ("%C/qwen-deploy/huggingface" if not o.user_unit else None),
-        "read_write_paths": []
-        if c.engine == "llamacpp"
-        else ["%C/qwen-deploy" if not o.user_unit else "%C/huggingface"],
+        # vLLM downloads into the HF cache: CacheDirectory= (system) or the user's own cache (user units)
+        "hf_cache": "/var/cache/qwen-deploy/huggingface" if c.engine == "vllm" and not o.user_unit else None,
+        "read_write_paths": ["%C/huggingface"] if c.engine == "vllm" and o.user_unit else [],
     }
     return {f"{o.name}.service": _env().get_template("systemd.service.j2").render(**context)}
 
@@ -298,7 +303,7 @@ def render_compose(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
         "label": c.label(),
         "context": c.context,
         "publish": (f"{publish_host}:" if publish_host else "") + f"{o.port}:{service['container_port']}",
-        "start_period_s": load_timeout_s(c),
+        "start_period_s": load_timeout_s(c, download=c.engine == "vllm" or not o.model_path),
         **service,
     }
     return {"compose.yaml": _env().get_template("compose.yaml.j2").render(**context)}
@@ -319,7 +324,7 @@ def render_k8s(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, str]
             "env": {"LLAMA_CACHE": "/models/hub", "HOME": "/tmp"},
             "key_var": "LLAMA_API_KEY",
             "cpu": str(c.engine_args["n_threads"]),
-            "memory": f"{memory_limit_mib(c)}Mi",
+            "memory": f"{math.ceil(c.memory.total_bytes / 1024**2)}Mi",  # the plan's predicted peak
             "memory_limit": f"{memory_limit_mib(c)}Mi",
             "gpus": 0,
             "read_only_root": True,
@@ -338,7 +343,7 @@ def render_k8s(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, str]
             "gpus": c.tensor_parallel_size,
             "read_only_root": False,  # vLLM writes torch.compile and Triton caches beside its code
         }
-    timeout = load_timeout_s(c)
+    timeout = load_timeout_s(c, download=True)
     context = {
         "name": o.name,
         "model_id": p.model.id,
