@@ -49,7 +49,9 @@ def raw_engine(model: Path, port: int, workdir: Path) -> float:
         launch.wait_ready(proc, job, launch.LogReader(log, 0), launch.Progress(quiet=True), time.monotonic())
         return time.perf_counter() - start
     finally:
-        launch.stop_group(proc.pid, proc=proc)
+        from qwen_deploy.procs import stop_group
+
+        stop_group(proc.pid, proc=proc)
 
 
 def via_up(model: Path, port: int, env: dict[str, str]) -> float:

@@ -254,14 +254,14 @@ def _plan_for_up(ctx: click.Context, plan_file: str | None, model_file: str | No
         result = load_plan(plan_file)
         args = result.choice.engine_args
         host = options["host"] if _given(ctx, "host") else str(args.get("host", "127.0.0.1"))
-        port = _port_value(options["port"], host) if _given(ctx, "port") else int(args.get("port", 8000))
+        port = _port_value(options["port"] if _given(ctx, "port") else str(args.get("port", 8000)), host)
         _check_host_port(host, port)
         result = replace(result, request=replace(result.request, host=host, port=port))
     else:
         if model_file:
             from pathlib import Path
 
-            if not Path(model_file).expanduser().is_file():
+            if not Path(model_file).expanduser().exists():
                 raise UsageError(f"--model-file {model_file!r} does not exist.")
             if not options.get("model_ref"):
                 options["model_ref"] = model_file
@@ -387,6 +387,12 @@ def _dry_run(result, model_file, host, port, name, api_key_file, json_: bool) ->
     click.echo("command: " + shlex.join(argv))
 
 
+def _alive(pid: int | None) -> bool:
+    from qwen_deploy.procs import process_start_ticks
+
+    return pid is not None and process_start_ticks(pid) is not None
+
+
 def _pick(name: str | None, records: list, what: str):
     if name:
         for record in records:
@@ -421,6 +427,9 @@ def status(json_: bool) -> None:
             answering = True
         except HTTPFailure as exc:
             answering = exc.status == 401  # it answers; it wants the key
+        if record.state == "starting" and answering and not _alive(record.up_pid):
+            # its `up` died while it loaded (kill -9); it has come up since: record what is true now
+            record = state.update(record, state="ready", ready_at=time.time())
         row = record.to_dict()
         row.update(answering=answering, uptime_s=round(time.time() - record.started_at, 1))
         rows.append(row)
@@ -469,6 +478,7 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
             click.echo(line)
         if not follow:
             return
+        quiet_since = None  # between attempts of an OOM step-down there is briefly no record
         try:
             while True:
                 chunk = handle.read()
@@ -476,9 +486,14 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
                     click.echo(chunk.decode(errors="replace"), nl=False)
                     continue
                 record = state.read(name)
-                if record is None or not record.alive():
+                if record is not None and record.alive():
+                    quiet_since = None
+                elif quiet_since is None:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > 2.0:
                     break
                 time.sleep(0.2)
+            click.echo(handle.read().decode(errors="replace"), nl=False)  # the last lines it wrote
         except KeyboardInterrupt:
             pass
 
@@ -490,7 +505,7 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
 def down(name: str | None, all_: bool, timeout: float) -> None:
     """Stop a server started by `up` (SIGTERM to its process group, then SIGKILL) and free its port."""
     from qwen_deploy import state
-    from qwen_deploy.launch import stop_group
+    from qwen_deploy.procs import stop_group
 
     if name and all_:
         raise UsageError("pass a NAME or --all, not both.")
@@ -508,8 +523,8 @@ def down(name: str | None, all_: bool, timeout: float) -> None:
         click.echo("no servers running")
         return
     for record in targets:
-        how = stop_group(record.pid, grace=timeout) if record.alive() else "already gone"
-        state.remove(record.name)
+        how = stop_group(record.pid, grace=timeout) if record.alive() or record.orphans_alive() else "already gone"
+        state.remove_if(record.name, record.pid)
         click.echo(f"{record.name}: {how} (pid {record.pid}, port {record.port} free)")
 
 
@@ -669,6 +684,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except (BrokenPipeError, KeyboardInterrupt):
         sys.exit(EXIT_ERROR)
+    except BaseException as exc:  # launch.Interrupted: a stop signal outside up's own handling
+        if type(exc).__name__ != "Interrupted":
+            raise
+        sys.exit(128 + exc.signum)
     except Exception as exc:  # a bug: say so in one line; --debug shows the traceback
         if debug:
             raise

@@ -123,7 +123,12 @@ class _Cursor:
         raise GGUFError(f"unknown metadata value type {kind}")
 
 
-def _read_array(cur: _Cursor) -> tuple[list[Any] | None, int]:
+MAX_ARRAY_DEPTH = 8
+
+
+def _read_array(cur: _Cursor, depth: int = 0) -> tuple[list[Any] | None, int]:
+    if depth > MAX_ARRAY_DEPTH:
+        raise GGUFError(f"arrays nested deeper than {MAX_ARRAY_DEPTH} levels")
     kind = cur.unpack("<I")
     count = cur.unpack("<Q")
     keep = count <= KEEP_ARRAY_MAX
@@ -144,7 +149,7 @@ def _read_array(cur: _Cursor) -> tuple[list[Any] | None, int]:
         return None, count
     if kind == 9:  # arrays of arrays: walk them, keep nothing
         for _ in range(count):
-            _read_array(cur)
+            _read_array(cur, depth + 1)
         return None, count
     raise GGUFError(f"unknown array element type {kind}")
 

@@ -9,7 +9,6 @@ the served model is listed, and a one-token chat completion succeeded.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -28,10 +27,10 @@ from qwen_deploy.client import Endpoint, HTTPFailure, port_open
 from qwen_deploy.engines import llamacpp, log_pattern, vllm
 from qwen_deploy.errors import EXIT_ENGINE, QwenDeployError, UsageError
 from qwen_deploy.planner import Candidate, Plan, Request
+from qwen_deploy.procs import process_start_ticks, stop_group
 from qwen_deploy.units import format_size
 
 POLL_SECONDS = 0.1
-STOP_GRACE_SECONDS = 15.0
 LOG_TAIL_LINES = 25
 EXIT_INTERRUPTED = 130  # stopped by the user before the engine was ready (128 + SIGINT, as shells report)
 
@@ -186,10 +185,12 @@ def _cmdline(pid: int | None) -> str:
 
 
 class LogReader:
-    """Reads what the engine appended to its log since this attempt began."""
+    """Reads what the engine appended to its log since this attempt began (and remembers the cgroup's OOM
+    kill count at the spawn, to tell the kernel's OOM killer from any other SIGKILL)."""
 
-    def __init__(self, path: Path, offset: int):
+    def __init__(self, path: Path, offset: int, oom_kills_before: int | None = None):
         self.path, self.offset, self.text = path, offset, ""
+        self.oom_kills_before = oom_kills_before
 
     def poll(self) -> str:
         try:
@@ -226,7 +227,9 @@ def _failure(launch: Launch, log: LogReader, what: str, rc: int | None = None) -
     kind = diagnose(launch.candidate.engine, log.text + log.poll())
     if kind is None and rc is not None and rc < 0:
         sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
-        kind = "oom" if -rc == signal.SIGKILL and _oom_killed() else None
+        before, after = log.oom_kills_before, oom_kill_count()
+        if -rc == signal.SIGKILL and before is not None and after is not None and after > before:
+            kind = "oom"  # the kernel's OOM killer, counted in our cgroup during this attempt
         what += f" (killed by {sig})"
     advice = ADVICE.get(kind or "", "")
     if kind == "oom":
@@ -248,33 +251,55 @@ def _failure(launch: Launch, log: LogReader, what: str, rc: int | None = None) -
     return EngineFailed(message, kind)
 
 
-def _oom_killed() -> bool:
-    """The kernel's OOM killer struck recently (a SIGKILL with no log line of the engine's own)."""
+def _memory_cgroup_files() -> list[Path]:
+    """This process's cgroup files that count OOM kills: v2 memory.events, v1 memory.oom_control."""
     try:
-        text = Path("/sys/fs/cgroup/memory.events").read_text()
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
-        return False
-    match = re.search(r"oom_kill (\d+)", text)
-    return bool(match and int(match.group(1)) > 0)
+        return []
+    files = []
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if hierarchy == "0" and controllers == "":
+            files.append(Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events")
+        elif "memory" in controllers.split(","):
+            files.append(Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control")
+    return files
 
 
-# ----------------------------------------------------------------------------- start, wait, stop
+def oom_kill_count() -> int | None:
+    """OOM kills so far in the cgroup `up` and its engine share; None when the kernel does not say."""
+    for file in _memory_cgroup_files():
+        try:
+            match = re.search(r"^oom_kill (\d+)$", file.read_text(), re.MULTILINE)
+        except OSError:
+            continue
+        if match:
+            return int(match.group(1))
+    return None
 
 
-def _child_setup(memory_limit: int | None, die_with_parent: bool) -> Callable[[], None] | None:
-    if not memory_limit and not die_with_parent:
-        return None
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _child_setup(memory_limit: int | None, die_with_parent: bool) -> Callable[[], None]:
+    """What the child does between fork and exec. Everything it needs is looked up here, in the parent:
+    the child may not import or allocate (another thread of `up`, such as a download's progress monitor,
+    could hold a lock at fork time)."""
+    import ctypes
+    import resource
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if die_with_parent else None
     parent = os.getpid()
+    setrlimit, rlimit_as = resource.setrlimit, resource.RLIMIT_AS
+    sigmask, setmask = signal.pthread_sigmask, signal.SIG_SETMASK
 
-    def setup() -> None:  # runs in the child between fork and exec: no locks, no allocation-heavy work
+    def setup() -> None:
+        sigmask(setmask, ())  # `up` blocks the stop signals around the spawn; the engine must not inherit that
         if memory_limit:
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
-        if die_with_parent:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            setrlimit(rlimit_as, (memory_limit, memory_limit))
+        if prctl is not None:
+            prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the engine gets SIGTERM when `up` dies
             if os.getppid() != parent:  # the parent died before prctl took effect
                 os.kill(os.getpid(), signal.SIGTERM)
 
@@ -300,57 +325,6 @@ def spawn(launch: Launch, log_file: Path, foreground: bool) -> subprocess.Popen:
             raise EngineFailed(
                 f"cannot start the engine: {launch.argv[0]!r} was not found. {hint}".rstrip(), "not_installed"
             ) from None
-
-
-def stop_group(pid: int, grace: float = STOP_GRACE_SECONDS, proc: subprocess.Popen | None = None) -> str:
-    """SIGTERM the process group led by pid, wait up to `grace` seconds, then SIGKILL. Returns how it ended."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        _reap(proc)
-        return "already gone"
-    if _wait_gone(pid, grace, proc):
-        return "stopped"
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    _wait_gone(pid, 5.0, proc)
-    return "killed"
-
-
-def _reap(proc: subprocess.Popen | None) -> None:
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=0)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # members that are zombies still count for killpg(0); look for a live one
-    for pid_dir in Path("/proc").iterdir():
-        if pid_dir.name.isdigit():
-            try:
-                fields = pid_dir.joinpath("stat").read_text()
-            except OSError:
-                continue
-            rest = fields[fields.rindex(")") + 2 :].split()
-            if int(rest[2]) == pgid and rest[0] != "Z":
-                return True
-    return False
-
-
-def _wait_gone(pid: int, timeout: float, proc: subprocess.Popen | None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(proc)
-        if not _group_alive(pid):
-            return True
-        time.sleep(0.05)
-    return not _group_alive(pid)
 
 
 class Progress:
@@ -477,10 +451,13 @@ LLAMACPP_KV_ORDER = ("f16", "q8_0", "q4_0")
 VLLM_KV_ORDER = ("auto", "fp8")
 
 
-def step_down(p: Plan, failed: Candidate, replan: Callable[[Request], Plan]) -> tuple[Plan, str] | None:
+def step_down(
+    p: Plan, failed: Candidate, replan: Callable[[Request], Plan], fixed_weights: bool = False
+) -> tuple[Plan, str] | None:
     """The plan to try after `failed` ran out of memory, and what changed: the first of a shorter context
     (half, while at least --min-context), a lower-precision KV cache, smaller weights, the CPU engine, for
-    which the planner still finds a candidate that fits."""
+    which the planner still finds a candidate that fits. With fixed_weights (the user's --model-file) only
+    the context and the KV cache can change."""
     req = p.request
     pins = {"engine": failed.engine, "precision": failed.precision, "kv_cache_dtype": failed.kv_cache_dtype}
     steps: list[tuple[Request, str]] = []
@@ -497,12 +474,14 @@ def step_down(p: Plan, failed: Candidate, replan: Callable[[Request], Plan]) -> 
         (a for a in p.model.artifacts if a.engine == failed.engine and a.weights_bytes < failed.artifact.weights_bytes),
         key=lambda a: -a.weights_bytes,
     )
+    if fixed_weights:
+        smaller = []
     for art in smaller:
         smaller_pins = {"engine": failed.engine, "precision": art.precision, "kv_cache_dtype": failed.kv_cache_dtype}
         steps.append(
             (replace(req, context=failed.context, **smaller_pins), f"weights {failed.precision} -> {art.precision}")
         )
-    if failed.engine == "vllm":
+    if failed.engine == "vllm" and not fixed_weights:
         cpu = replace(req, engine="llamacpp", precision=None, kv_cache_dtype=None)
         steps.append((cpu, "vLLM on the GPU -> llama.cpp on the CPU"))
     for request, why in steps:
@@ -629,43 +608,63 @@ def _claim(launch: Launch) -> None:
     check_port_free(launch.host, launch.port)
 
 
-def _start(launch: Launch, attempt: int, foreground: bool) -> tuple[subprocess.Popen, state.Record, LogReader]:
+@dataclass
+class _Running:
+    """The engine `up` is responsible for right now (None before the spawn and once handed over)."""
+
+    proc: subprocess.Popen | None = None
+    record: state.Record | None = None
+
+
+def _start(launch: Launch, attempt: int, foreground: bool, run: _Running) -> LogReader:
+    """Claim the name and port, spawn the engine and write its record, all under the state lock. The stop
+    signals are blocked meanwhile, so a Ctrl-C cannot fall between the spawn and `run` knowing the pid."""
     log_file = state.log_path(launch.name)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "a", encoding="utf-8") as handle:
-        handle.write(
-            f"=== qwen-deploy up {launch.name}: attempt {attempt}, {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-            f"{' '.join(launch.argv)}\n"
-        )
-        offset = handle.tell()
     with state.locked():
         _claim(launch)
-        proc = spawn(launch, log_file, foreground)
-        record = state.Record(
-            name=launch.name,
-            pid=proc.pid,
-            start_ticks=state.process_start_ticks(proc.pid) or 0,
-            engine=launch.candidate.engine,
-            host=launch.host,
-            port=launch.port,
-            served_name=launch.served_name,
-            model=launch.model_id,
-            context=launch.candidate.context,
-            log=str(log_file),
-            plan=str(state.plan_path(launch.name)),
-            command=list(launch.argv),
-            started_at=state.now(),
-            mode="foreground" if foreground else "detached",
-            up_pid=os.getpid(),
-            api_key_file=launch.api_key_file,
-            attempt=attempt,
-        )
-        state.write(record)
-    return proc, record, LogReader(log_file, offset)
+        with open(log_file, "a", encoding="utf-8") as handle:
+            handle.write(
+                f"=== qwen-deploy up {launch.name}: attempt {attempt}, {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                f"{' '.join(launch.argv)}\n"
+            )
+            offset = handle.tell()
+        oom_before = oom_kill_count()
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            run.proc = proc = spawn(launch, log_file, foreground)
+            run.record = state.Record(
+                name=launch.name,
+                pid=proc.pid,
+                start_ticks=process_start_ticks(proc.pid) or 0,
+                engine=launch.candidate.engine,
+                host=launch.host,
+                port=launch.port,
+                served_name=launch.served_name,
+                model=launch.model_id,
+                context=launch.candidate.context,
+                log=str(log_file),
+                plan=str(state.plan_path(launch.name)),
+                command=list(launch.argv),
+                started_at=state.now(),
+                mode="foreground" if foreground else "detached",
+                up_pid=os.getpid(),
+                api_key_file=launch.api_key_file,
+                attempt=attempt,
+            )
+            state.write(run.record)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending Ctrl-C is raised here
+    return LogReader(log_file, offset, oom_before)
 
 
 def _on_signal(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
+
+
+def _stopped_by_down(name: str, pid: int) -> bool:
+    current = state.read(name)
+    return current is None or current.pid != pid or current.state == "stopping"
 
 
 def up(p: Plan, opts: UpOptions, replan: Callable[[Request], Plan], progress: Progress | None = None) -> int:
@@ -676,36 +675,38 @@ def up(p: Plan, opts: UpOptions, replan: Callable[[Request], Plan], progress: Pr
     assert p.choice is not None
     progress = progress or Progress()
     api_key = read_api_key(opts.api_key_file) if opts.api_key_file else None
-    name = (
-        state.check_name(opts.name)
-        if opts.name
-        else state.default_name(
-            str(p.choice.engine_args.get("model_alias") or p.choice.engine_args.get("served-model-name") or "model")
-        )
-    )
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    proc: subprocess.Popen | None = None
-    record: state.Record | None = None
+    served = p.choice.engine_args.get("model_alias") or p.choice.engine_args.get("served-model-name") or "model"
+    name = state.check_name(opts.name) if opts.name else state.default_name(str(served))
+    run = _Running()
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _on_signal)
         attempt, candidate = 1, p.choice
         while True:
             launch = _prepare(p, candidate, opts, name, api_key)
             _say(f"starting {name}: {candidate.label()}, {candidate.context:,} tokens, log {state.log_path(name)}")
             started = time.monotonic()
-            proc, record, log = _start(launch, attempt, foreground=not opts.detach)
+            log = _start(launch, attempt, not opts.detach, run)
+            assert run.proc is not None and run.record is not None
             try:
-                took = wait_ready(proc, launch, log, progress, started)
+                took = wait_ready(run.proc, launch, log, progress, started)
                 break
             except EngineFailed as failure:
                 progress.done()
-                stop_group(proc.pid, proc=proc)
-                state.remove(name)
-                proc = record = None
+                pid = run.proc.pid
+                stop_group(pid, proc=run.proc)
+                by_down = _stopped_by_down(name, pid)
+                state.remove_if(name, pid)
+                run.proc = run.record = None
+                if by_down:
+                    _say(f"{name} was stopped while it started (qwen-deploy down).")
+                    return 0
                 if failure.kind != "oom" or not opts.fallback or attempt > opts.max_retries:
                     if failure.kind == "oom" and opts.fallback:
                         failure.args = (f"{failure.args[0]}\nGave up after {attempt} attempts (--max-retries).",)
                     raise
-                nxt = step_down(p, candidate, replan)
+                nxt = step_down(p, candidate, replan, fixed_weights=bool(opts.model_file))
                 if nxt is None:
                     raise EngineFailed(f"{failure}\nNo smaller candidate fits; nothing left to try.", "oom") from None
                 p, why = nxt
@@ -717,42 +718,53 @@ def up(p: Plan, opts: UpOptions, replan: Callable[[Request], Plan], progress: Pr
         from qwen_deploy.resources import write_atomic
 
         write_atomic(state.plan_path(name), json.dumps(ran.to_dict(), indent=2) + "\n", mode=0o600)
-        record = state.update(record, state="ready", ready_at=state.now())
+        with state.locked():
+            if _stopped_by_down(name, run.proc.pid):
+                raise Interrupted(signal.SIGTERM)
+            run.record = state.update(run.record, state="ready", ready_at=state.now())
         summary = (
-            f"{name} ready at {record.url}/v1 in {took:.1f} s: {launch.candidate.label()}, "
-            f"{launch.candidate.context:,} tokens, model {launch.served_name!r}, pid {proc.pid}"
+            f"{name} ready at {run.record.url}/v1 in {took:.1f} s: {launch.candidate.label()}, "
+            f"{launch.candidate.context:,} tokens, model {launch.served_name!r}, pid {run.proc.pid}"
         )
         print(summary, flush=True)
         if opts.detach:
-            proc = record = None  # it is the user's now: `qwen-deploy down` stops it
+            run.proc = run.record = None  # it is the user's now: `qwen-deploy down` stops it
             return 0
         _say("Ctrl-C stops it.")
-        return _supervise(proc, record, log)
+        return _supervise(run, log)
     except Interrupted as sig:
+        _ignore_stop_signals()  # a second Ctrl-C must not interrupt the clean-up
         progress.done()
-        if proc is not None:
+        was_ready = run.record is not None and run.record.state == "ready"
+        if run.proc is not None:
             _say(f"{signal.Signals(sig.signum).name}: stopping {name} ...")
-            how = stop_group(proc.pid, proc=proc)
+            how = stop_group(run.proc.pid, proc=run.proc)
             _say(f"{name} {how}.")
-        return 0 if record is not None and record.state == "ready" else EXIT_INTERRUPTED
+        return 0 if was_ready else 128 + sig.signum
     finally:
-        if proc is not None:  # any other error while it runs: leave nothing behind
-            stop_group(proc.pid, proc=proc)
-        if record is not None:
-            state.remove(name)
+        _ignore_stop_signals()
+        if run.proc is not None:  # any other error while it runs: leave nothing behind
+            stop_group(run.proc.pid, proc=run.proc)
+        if run.record is not None:
+            state.remove_if(name, run.record.pid)
         for sig_num, handler in previous.items():
             signal.signal(sig_num, handler)
 
 
-def _supervise(proc: subprocess.Popen, record: state.Record, log: LogReader) -> int:
+def _ignore_stop_signals() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _supervise(run: _Running, log: LogReader) -> int:
     """Wait for the engine in the foreground. A stop by `down` exits 0; a crash prints the log tail, exit 4."""
-    rc = proc.wait()
-    current = state.read(record.name)
-    if current is None or current.state == "stopping" or current.pid != record.pid:
+    assert run.proc is not None and run.record is not None
+    record = run.record
+    rc = run.proc.wait()
+    if _stopped_by_down(record.name, record.pid):
         _say(f"{record.name} was stopped (qwen-deploy down).")
         return 0
-    launch_engine = record.engine
-    kind = diagnose(launch_engine, log.text + log.poll())
+    kind = diagnose(record.engine, log.text + log.poll())
     advice = f" Diagnosis: {ADVICE[kind]}." if kind in ADVICE else ""
     _say(
         f"{record.name} stopped on its own after it was ready (exit code {rc}).{advice}\n"

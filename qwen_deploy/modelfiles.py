@@ -95,10 +95,11 @@ def fetch_snapshot(art: Artifact, cache: Path) -> str:
     reads them from there; downloading first gives a progress bar and a disk check)."""
     if art.path and Path(art.path).is_dir():
         return art.path
+    folder = cache / _repo_folder(art.repo) / "snapshots"
+    cached = folder.is_dir() and any(folder.glob("*/config.json")) and any(folder.glob("*/*.safetensors"))
+    if cached and not any((cache / _repo_folder(art.repo) / "blobs").glob("*.incomplete")):
+        return art.repo  # already here: vLLM reads it from the shared cache
     if offline():
-        folder = cache / _repo_folder(art.repo) / "snapshots"
-        if folder.is_dir() and any(folder.glob("*/config.json")):
-            return art.repo
         raise _not_cached(art, cache)
     check_disk(cache, art.download_bytes or art.weights_bytes, art.repo)
     from huggingface_hub import snapshot_download

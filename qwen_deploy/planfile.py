@@ -7,6 +7,7 @@ choice must still be one of the candidates the planner finds for them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ def _check_args(args: Any, expected: dict[str, Any], where: str) -> dict[str, An
     for key, value in args.items():
         if not isinstance(value, (str, int, float, bool)) or (isinstance(value, str) and not value.isprintable()):
             raise UsageError(f"{where}: choice.engine_args.{key} must be one printable value, not {value!r}.")
+        if isinstance(value, str) and value.startswith("-") and not re.fullmatch(r"-\d+(\.\d+)?", value):
+            raise UsageError(f"{where}: choice.engine_args.{key} must not start with '-' ({value!r} reads as a flag).")
     return {**expected, **args}  # a flag left out of the file keeps the planner's value
 
 

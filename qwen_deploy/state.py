@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from qwen_deploy.errors import UsageError
+from qwen_deploy.procs import group_alive, process_start_ticks, stop_group
 from qwen_deploy.resources import write_atomic
 
 STATE_SCHEMA = "qwen-deploy/state/v1"
@@ -65,19 +66,6 @@ def _record_path(name: str) -> Path:
     return state_dir() / "servers" / f"{name}.json"
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of a live process in clock ticks since boot; None when there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # comm (field 2) may contain spaces and parentheses: split after the last ')'
-    fields = text[text.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has exited; it only waits to be reaped
-        return None
-    return int(fields[19])
-
-
 @dataclass(frozen=True)
 class Record:
     name: str
@@ -110,6 +98,11 @@ class Record:
 
     def alive(self) -> bool:
         return process_start_ticks(self.pid) == self.start_ticks
+
+    def orphans_alive(self) -> bool:
+        """The leader is gone but members of its group live on (vLLM's engine core after its API server
+        died). A PID cannot be reused as a group id while the group has members, so they are ours."""
+        return not self.alive() and group_alive(self.pid)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": STATE_SCHEMA, **asdict(self), "url": self.url}
@@ -152,6 +145,14 @@ def remove(name: str) -> None:
     _record_path(name).unlink(missing_ok=True)
 
 
+def remove_if(name: str, pid: int) -> None:
+    """Remove `name`'s record only while it is still the one for `pid` (a newer `up` may own the name)."""
+    with locked():
+        current = read(name)
+        if current is not None and current.pid == pid:
+            remove(name)
+
+
 def read(name: str) -> Record | None:
     try:
         return _record_from(json.loads(_record_path(name).read_text()))
@@ -171,9 +172,12 @@ def records() -> list[Record]:
 
 
 def reap_stale() -> list[Record]:
-    """Remove the records whose process is gone (or whose PID now belongs to another process)."""
+    """Remove the records whose process is gone (or whose PID now belongs to another process); members of
+    a dead leader's group that live on are stopped first, so nothing is left holding memory or a GPU."""
     stale = [r for r in records() if not r.alive()]
     for record in stale:
+        if record.orphans_alive():
+            stop_group(record.pid)
         remove(record.name)
     return stale
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_deploy import launch, state
+from qwen_deploy import launch, procs, state
 from qwen_deploy.errors import QwenDeployError, UsageError
 from qwen_deploy.hardware import simulate
 from qwen_deploy.model import load_profile, spec_from_gguf
@@ -125,7 +125,7 @@ def test_state_dir_override_and_xdg(monkeypatch, tmp_path):
 
 def test_record_of_an_exited_process_is_stale():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    ticks = state.process_start_ticks(child.pid)
+    ticks = procs.process_start_ticks(child.pid)
     assert ticks is not None
     state.write(_record("a", child.pid, ticks))
     assert state.read("a").alive()
@@ -138,7 +138,7 @@ def test_record_of_an_exited_process_is_stale():
 
 def test_reused_pid_is_not_ours():
     """A live PID whose start time differs from the record's belongs to another process: never signalled."""
-    me = state.process_start_ticks(1) or 0
+    me = procs.process_start_ticks(1) or 0
     state.write(_record("b", 1, me + 1))
     assert not state.read("b").alive()
 
@@ -287,6 +287,8 @@ def test_up_from_a_plan_file_runs_the_files_args(tmp_path, small_gguf):
         (lambda d: d["choice"]["engine_args"].update(evil="x"), "flags qwen-deploy does not pass: evil"),
         (lambda d: d["choice"]["engine_args"].update(model_alias="a\nb"), "must be one printable value"),
         (lambda d: d["choice"]["engine_args"].update(n_ctx="lots"), "must be a number of tokens"),
+        (lambda d: d["choice"]["engine_args"].update(model_alias="--port=1"), "must not start with '-'"),
+        (lambda d: d["choice"]["engine_args"].update(port="abc"), "--port must be a number"),
     ],
 )
 def test_bad_plan_files(tmp_path, small_gguf, edit, message):
@@ -360,3 +362,61 @@ def test_missing_vllm_is_named_before_anything_is_downloaded(monkeypatch, tmp_pa
     code, _, err = run("up", "--gpu", "RTX 4090", "--ram", "64GiB", "--engine", "vllm", "--port", "auto")
     assert code == 1
     assert "vLLM is not installed (no `vllm` command on PATH)" in err
+
+
+def test_dead_leader_with_live_group_members_is_stopped_not_forgotten():
+    """vLLM's API server can die while its engine core lives on: the group is stopped, then the record goes."""
+    import os
+    import signal
+    import time
+
+    code = "import os, time\nif os.fork() == 0:\n    time.sleep(300)\nelse:\n    time.sleep(300)\n"
+    leader = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    time.sleep(0.5)
+    state.write(_record("split", leader.pid, procs.process_start_ticks(leader.pid)))
+    members = [
+        int(p) for p in subprocess.run(["pgrep", "-g", str(leader.pid)], capture_output=True, text=True).stdout.split()
+    ]
+    assert len(members) == 2
+    os.kill(leader.pid, signal.SIGKILL)
+    leader.wait()
+    assert state.read("split").orphans_alive()
+    assert [r.name for r in state.reap_stale()] == ["split"]
+    assert not procs.group_alive(leader.pid)
+
+
+def test_fetch_snapshot_uses_the_cache_before_checking_disk(tmp_path, monkeypatch):
+    """A complete cached checkpoint is used as is, even online and even when the disk could not hold it again."""
+    from dataclasses import replace
+
+    from qwen_deploy.modelfiles import fetch_snapshot
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    snap = tmp_path / "hf" / "models--Qwen--Qwen3-4B-Instruct-2507" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (snap / "model.safetensors").write_bytes(b"x")
+    art = replace(QWEN.artifact("vllm", "bf16"), download_bytes=10**15)  # a petabyte: no disk holds it
+    assert fetch_snapshot(art, tmp_path / "hf") == "Qwen/Qwen3-4B-Instruct-2507"
+    (snap / "model.safetensors").unlink()
+    with pytest.raises(QwenDeployError, match="not enough disk space"):
+        fetch_snapshot(art, tmp_path / "hf")
+
+
+def test_gguf_with_deeply_nested_arrays_is_refused(tmp_path):
+    import struct
+
+    from qwen_deploy.gguf_header import GGUFError, read_header
+
+    key = b"evil"
+    nested = b""
+    for _ in range(50):
+        nested = struct.pack("<IQ", 9, 1) + nested  # ARRAY of 1 ARRAY of 1 ...
+    nested += struct.pack("<IQ", 4, 0)  # innermost: empty UINT32 array
+    body = struct.pack("<Q", len(key)) + key + struct.pack("<I", 9) + nested
+    path = tmp_path / "nested.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + body + b"\0" * 64)
+    with pytest.raises(GGUFError, match="nested deeper"):
+        read_header(path)
+    code, _, err = run("plan", "--model", str(path))
+    assert code == 2 and "not a readable GGUF file" in err

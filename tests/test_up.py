@@ -377,3 +377,33 @@ def test_logs_follow_ends_when_the_server_stops(qd, small_gguf):
     out, err = follower.communicate(timeout=10)
     assert follower.returncode == 0, err
     assert "Shutting down" in out or "Finished server process" in out  # uvicorn's lines after SIGTERM
+
+
+def test_repeated_ctrl_c_while_loading_is_clean(qd, small_gguf):
+    """Three SIGINTs in a row: one clean stop, exit 130, no traceback, no record, no process."""
+    proc = _start_foreground(qd, small_gguf, "impatient", free_port())
+    record = qd.wait_record("impatient")
+    for _ in range(3):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert not pid_alive(record["pid"]) and qd.record("impatient") is None
+
+
+def test_sigterm_while_loading_exits_143(qd, small_gguf):
+    proc = _start_foreground(qd, small_gguf, "termed", free_port())
+    qd.wait_record("termed")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "SIGTERM: stopping termed" in err
+
+
+def test_down_while_foreground_up_is_loading_ends_it_with_0(qd, small_gguf):
+    proc = _start_foreground(qd, small_gguf, "early", free_port())
+    qd.wait_record("early")
+    assert qd.run("down", "early").returncode == 0
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "early was stopped" in err and "retrying" not in err

@@ -122,9 +122,7 @@ def value_problems(ns: Any) -> list[str]:
     )
     validate(
         "ParallelConfig",
-        lambda: ParallelConfig(
-            tensor_parallel_size=ns.tensor_parallel_size, data_parallel_size=ns.data_parallel_size
-        ),
+        lambda: ParallelConfig(tensor_parallel_size=ns.tensor_parallel_size, data_parallel_size=ns.data_parallel_size),
     )
     # vLLM fills unset batch limits and max_model_len in from the model and usage context; check when given.
     if None not in (ns.max_model_len, ns.max_num_seqs, ns.max_num_batched_tokens) and ns.max_model_len > 0:
