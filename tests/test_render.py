@@ -32,13 +32,9 @@ BIN = Path(sys.executable).parent
 
 def _vllm_bin_dir() -> Path:
     """A folder holding a real `vllm` script (the vLLM parser environment), for the GPU unit's ExecStart."""
-    python = os.environ.get("QWEN_DEPLOY_VLLM_PYTHON") or str(
-        Path(os.environ.get("QWEN_DEPLOY_VLLM_VENV", Path.home() / ".cache/qwen-deploy/vllm-parser-venv"))
-        / "bin/python"
-    )
-    if not (Path(python).parent / "vllm").exists():
-        pytest.fail("the vLLM parser environment is missing: run scripts/vllm-parser-env")
-    return Path(python).parent
+    from tests.test_vllm_parser import _require_vllm_python
+
+    return _require_vllm_python().parent
 
 
 def gpu_plan():
