@@ -734,6 +734,7 @@ def up(p: Plan, opts: UpOptions, replan: Callable[[Request], Plan], progress: Pr
         return _supervise(run, log)
     except Interrupted as sig:
         _ignore_stop_signals()  # a second Ctrl-C must not interrupt the clean-up
+        previous = {}  # nor kill `up` on its way out: it exits 128 + signal once the engine is stopped
         progress.done()
         was_ready = run.record is not None and run.record.state == "ready"
         if run.proc is not None:

@@ -43,6 +43,10 @@ HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*
 SAFE_ARG_RE = re.compile(r"^[A-Za-z0-9_./:=,+@-]+$")
 
 
+class ModelNotHere(UsageError):
+    """A systemd unit runs the model from this machine, and the model file is not on it."""
+
+
 @dataclass(frozen=True)
 class RenderOptions:
     name: str
@@ -218,7 +222,7 @@ def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
     if c.engine == "llamacpp":
         model = o.model_path or c.artifact.path
         if not model or not Path(model).is_file():
-            raise UsageError(
+            raise ModelNotHere(
                 f"a systemd unit runs the model from this machine, and {c.artifact.file} is not here yet. "
                 f"To fix: download it first (`hf download {c.artifact.repo} {c.artifact.file}`"
                 + (f" --revision {c.artifact.revision}" if c.artifact.revision else "")
@@ -424,5 +428,10 @@ def render(p: Plan, kind: str, o: RenderOptions) -> tuple[dict[str, str], list[s
     for k in kinds:
         if k not in RENDERERS:
             raise UsageError(f"cannot render {k!r}: choose one of {', '.join(KINDS)} or all.")
-        files.update(RENDERERS[k](p, o, warnings))
+        try:
+            files.update(RENDERERS[k](p, o, warnings))
+        except ModelNotHere as exc:
+            if kind != "all":
+                raise
+            warnings.append(f"systemd unit skipped: {exc}")  # the container files download it themselves
     return files, warnings

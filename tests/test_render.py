@@ -311,3 +311,12 @@ def test_replicas_for_kubernetes_and_helm(tmp_path):
 def test_validators_are_installed():
     assert shutil.which("systemd-analyze"), "systemd-analyze (Debian package systemd) is needed"
     assert (BIN / "check-jsonschema").exists() and (BIN / "kubernetes-validate").exists()
+
+
+def test_render_all_for_a_model_not_here_writes_the_container_files(tmp_path):
+    """Compose and Kubernetes download the GGUF themselves; only the unit needs it here, and says so."""
+    out = tmp_path / "deploy"
+    code, _, err = run("render", "all", "--ram", "32GiB", "--no-gpu", "-o", str(out))
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["compose.yaml", "k8s.yaml"]
+    assert "systemd unit skipped" in err and "hf download" in err
