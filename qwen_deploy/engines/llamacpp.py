@@ -2,7 +2,8 @@
 
 Every setting that matters is passed explicitly: the server's own defaults differ from the library's and
 from what the plan assumes (llama_cpp/server/settings.py, 0.3.36): logits_all True (a full n_ctx × vocab
-float array as the conversation grows), use_mlock True, flash_attn False, n_threads cpu_count // 2.
+float array as the conversation grows), use_mlock True, flash_attn False, n_threads cpu_count // 2,
+interrupt_requests True (a waiting request ends the one being streamed).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def engine_args(
         "logits_all": False,
         "use_mmap": use_mmap,
         "use_mlock": False,
+        # The server's default (true) ends a streaming answer as soon as another request waits for the
+        # model (llama_cpp/server/app.py): a second user would cut the first one's reply short. Queue instead.
+        "interrupt_requests": False,
         "n_gpu_layers": 0,
         "verbose": True,
     }
