@@ -624,6 +624,92 @@ def render(
         click.echo(f"wrote {target}", err=True)
 
 
+# ----------------------------------------------------------------------------- bench / verify
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--concurrency takes comma-separated numbers such as 1,4,16, not {text!r}.") from None
+
+
+@cli.command()
+@click.option("--name", help="A server started by `up` (its URL, model, key and plan).")
+@click.option("--url", help="Any OpenAI-compatible server: http://HOST:PORT.")
+@click.option("--model", help="The model to ask for (default: the served one / the first listed).")
+@click.option("--concurrency", "levels", default="1,4,16", show_default=True, help="Concurrency levels.")
+@click.option("--requests", "n_requests", type=int, help="Requests per level (default: 2 × concurrency, at least 4).")
+@click.option("--prompt-tokens", type=int, default=128, show_default=True, help="Prompt length in tokens.")
+@click.option("--max-tokens", type=int, default=64, show_default=True, help="Tokens to generate per request.")
+@click.option(
+    "--api-key-file", metavar="FILE", help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY)."
+)
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds per request.")
+@click.option("json_", "--json", is_flag=True, help="Print the measurements as JSON.")
+def bench(name, url, model, levels, n_requests, prompt_tokens, max_tokens, api_key_file, timeout, json_) -> None:
+    """Stream requests at each concurrency level: time to first token, inter-token latency, tokens/s."""
+    from qwen_deploy import bench as bench_mod
+
+    if n_requests is not None and n_requests < 1:
+        raise UsageError("--requests must be at least 1.")
+    concurrency = _levels(levels)
+    bench_mod.check_bench_options(concurrency, prompt_tokens, max_tokens)
+    target = bench_mod.resolve_target(name, url, model, api_key_file)
+    show = bench_mod.progress_printer()
+    result = bench_mod.run_bench(target, concurrency, n_requests, prompt_tokens, max_tokens, timeout, show)
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    if json_:
+        _print_json(result)
+        return
+    from qwen_deploy import report
+
+    report.print_bench(result)
+
+
+@cli.command()
+@click.option("--name", help="A server started by `up` (its URL, model, key and planned context).")
+@click.option("--url", help="Any OpenAI-compatible server: http://HOST:PORT.")
+@click.option("--model", help="The model to ask for (default: the served one / the first listed).")
+@click.option("--context", type=int, help="Context to prove (default: the plan's, or what vLLM reports).")
+@click.option("--needle", is_flag=True, help="Hide a code word at the start; the answer must contain it.")
+@click.option("--margin", type=float, default=0.02, show_default=True, help="How close to the context to fill.")
+@click.option(
+    "--api-key-file", metavar="FILE", help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY)."
+)
+@click.option("--timeout", type=float, default=900.0, show_default=True, help="Seconds for the long request.")
+@click.option("json_", "--json", is_flag=True, help="Print the result as JSON.")
+def verify(name, url, model, context, needle, margin, api_key_file, timeout, json_) -> None:
+    """Prove the context serves: fill it (counted by the server's tokenizer) and get an answer. Exit 0 pass, 5 fail."""
+    from qwen_deploy import bench as bench_mod
+
+    target = bench_mod.resolve_target(name, url, model, api_key_file)
+    context = context or target.context
+    if not context:
+        raise UsageError(f"{target.base} does not say its context length: pass --context N.")
+    say = (lambda message: click.echo(message, err=True)) if not json_ else (lambda message: None)
+    result = bench_mod.run_verify(target, context, needle=needle, margin=margin, timeout_s=timeout, say=say)
+    if json_:
+        _print_json(result)
+    else:
+        verdict = "PASS" if result["passed"] else "FAIL"
+        detail = (
+            f"{result['prompt_tokens']:,} prompt tokens + 16 for the answer = {result.get('fill', 0):.1%} "
+            f"of {context:,}"
+            if "fill" in result
+            else f"the server refused {result['prompt_tokens']:,} prompt tokens: {result.get('error')}"
+        )
+        click.echo(f"{verdict}: {target.base} ({target.model}), context {context:,}: {detail}")
+        if result.get("answer") is not None:
+            click.echo(f"answer: {result['answer']!r}")
+        if needle:
+            found = (result.get("checks") or {}).get("needle_found")
+            click.echo(f"needle {result['needle']!r}: {'found' if found else 'not found'} in the answer")
+    if not result["passed"]:
+        sys.exit(bench_mod.EXIT_FAILED)
+
+
 # ----------------------------------------------------------------------------- models
 
 

@@ -1,7 +1,8 @@
 """The one error hierarchy: every failure a user can cause or fix, with the exit code the CLI maps it to.
 
 Exit codes (design.md): 0 ok · 1 error · 2 usage · 3 nothing fits · 4 the engine failed to become ready, or
-stopped on its own after it was (`up`) · 130 `up` was interrupted before the engine was ready.
+stopped on its own after it was (`up`) · 5 `verify`: the context did not serve · 128+N `up` was stopped by
+signal N before the engine was ready (130 for Ctrl-C).
 """
 
 from __future__ import annotations

@@ -153,3 +153,46 @@ def print_status(rows: list[dict[str, Any]]) -> None:
             row["log"],
         )
     console.print(table)
+
+
+def print_bench(result: dict[str, Any]) -> None:
+    def ms(pair: dict[str, Any], key: str) -> str:
+        value = pair.get(key)
+        return "-" if value is None else f"{value:,.0f}"
+
+    prompt = f"{result['prompt_tokens']} prompt tokens" if result["prompt_tokens"] else "prompt length estimated"
+    table = Table(title=f"{result['model']} at {result['url']} ({prompt}, up to {result['max_tokens']} out)")
+    for column in ("concurrency", "ok/requests", "errors", "cut short", "TTFT p50 ms", "TTFT p95 ms",
+                   "ITL p50 ms", "ITL p95 ms", "out tok/s", "req/s"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for level in result["levels"]:
+        table.add_row(
+            str(level["concurrency"]),
+            f"{level['ok']}/{level['requests']}",
+            str(level["errors"]),
+            str(level["cut_short"]),
+            ms(level["ttft_ms"], "p50"),
+            ms(level["ttft_ms"], "p95"),
+            ms(level["itl_ms"], "p50"),
+            ms(level["itl_ms"], "p95"),
+            f"{level['output_tokens_per_s'] or 0:.1f}",
+            f"{level['requests_per_s'] or 0:.2f}",
+        )
+    console.print(table)
+    plan = result.get("plan")
+    if plan:
+        if plan["engine"] == "llamacpp":
+            console.print(
+                f"plan: llama.cpp answers one request at a time (planned concurrency {plan['concurrency']}): "
+                "above 1, requests queue and time to first token grows with the queue; "
+                f"predicted single-stream decode {plan['decode_tokens_per_s']} tok/s."
+            )
+        else:
+            console.print(
+                f"plan: the KV cache holds {plan['kv_capacity_tokens']:,} tokens = {plan['concurrency']} requests "
+                f"of the full {plan['context']:,}-token context at once; predicted single-stream decode "
+                f"{plan['decode_tokens_per_s']} tok/s."
+            )
+    for level in result["levels"]:
+        if level["first_error"]:
+            console.print(f"concurrency {level['concurrency']}: first error: {level['first_error']}")
