@@ -98,8 +98,8 @@ def resolve_target(name: str | None, url: str | None, model: str | None, api_key
 
 
 def count_tokens(target: Target, text: str) -> int:
-    """Tokens in `text` by the server's own tokenizer: llama-cpp-python's /extras/tokenize/count, or vLLM's
-    /tokenize."""
+    """Tokens in `text` by the server's own tokenizer: llama-cpp-python's /extras/tokenize/count, vLLM's
+    /tokenize (a count), or llama-server's /tokenize (the tokens)."""
     endpoint = target.endpoint
     try:
         return int(
@@ -109,6 +109,10 @@ def count_tokens(target: Target, text: str) -> int:
         pass
     try:
         return int(endpoint.post("/tokenize", {"model": target.model, "prompt": text}, timeout=120)["count"])
+    except (HTTPFailure, KeyError, TypeError):
+        pass
+    try:  # llama.cpp's own llama-server
+        return len(endpoint.post("/tokenize", {"content": text}, timeout=120)["tokens"])
     except (HTTPFailure, KeyError, TypeError):
         raise QwenDeployError(
             f"{target.base} has no tokenizer endpoint (/extras/tokenize/count or /tokenize); "

@@ -574,6 +574,8 @@ def wait(name: str | None, url: str | None, served_name: str | None, api_key_fil
 @click.option(
     "--user", "user_unit", is_flag=True, help="A systemd user unit (systemctl --user) instead of a system one."
 )
+@click.option("--ui", "with_ui", is_flag=True, help="Also the chat page (`qwen-deploy ui`) as a service beside it.")
+@click.option("--ui-port", type=int, default=8501, show_default=True, help="Port of the chat page.")
 @click.pass_context
 def render(
     ctx: click.Context,
@@ -584,6 +586,8 @@ def render(
     name: str | None,
     replicas: int | None,
     user_unit: bool,
+    with_ui: bool,
+    ui_port: int,
     **options: Any,
 ) -> None:
     """Write a systemd unit, docker-compose file, Kubernetes manifests or production-stack Helm values from
@@ -606,7 +610,11 @@ def render(
         replicas=replicas,
         user_unit=user_unit,
         model_path=str(Path(model_file).expanduser().resolve()) if model_file else None,
+        ui=with_ui,
+        ui_port=ui_port,
+        source_dir=render_mod.source_checkout(),
     )
+    _check_host_port(host, ui_port)
     files, warnings = render_mod.render(result, kind, opts)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -708,6 +716,101 @@ def verify(name, url, model, context, needle, margin, api_key_file, timeout, jso
             click.echo(f"needle {result['needle']!r}: {'found' if found else 'not found'} in the answer")
     if not result["passed"]:
         sys.exit(bench_mod.EXIT_FAILED)
+
+
+# ----------------------------------------------------------------------------- ui
+
+
+@cli.command()
+@click.option("--name", help="A server started by `up` (its URL, model, key, engine and context).")
+@click.option("--url", help="Any OpenAI-compatible server: http://HOST:PORT.")
+@click.option("--model", help="The model to ask for (default: the served one / the first listed).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the page binds.")
+@click.option("--port", default="8501", show_default=True, help="Port of the page ('auto': a free one).")
+@click.option("--system-prompt", metavar="TEXT|@FILE", help="The system prompt (default: a short helpful one).")
+@click.option("--max-tokens", type=int, default=512, show_default=True, help="Longest answer, in tokens.")
+@click.option("--context", type=int, help="Context to keep the history in (default: the plan's / vLLM's).")
+@click.option("--json-answers", is_flag=True, help="Ask for JSON answers (JSON mode), validate and show them as JSON.")
+@click.option("--temperature", type=float, default=0.7, show_default=True, help="Sampling temperature.")
+@click.option(
+    "--api-key-file", metavar="FILE", help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY)."
+)
+def ui(
+    name, url, model, host, port, system_prompt, max_tokens, context, json_answers, temperature, api_key_file
+) -> None:
+    """A Chainlit chat page over the endpoint: streamed answers, history kept within the context."""
+    import importlib.util
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from qwen_deploy import bench as bench_mod
+    from qwen_deploy import state
+    from qwen_deploy import ui as ui_mod
+    from qwen_deploy.client import port_open
+    from qwen_deploy.launch import check_port_free
+    from qwen_deploy.procs import stop_group
+
+    if importlib.util.find_spec("chainlit") is None or importlib.util.find_spec("openai") is None:
+        raise QwenDeployError("the chat page needs Chainlit and the OpenAI client: pip install 'qwen-deploy[ui]'.")
+    port = _port_value(port, host)
+    _check_host_port(host, port)
+    if max_tokens < 1:
+        raise UsageError("--max-tokens must be at least 1.")
+    if not 0 <= temperature <= 2:
+        raise UsageError("--temperature must be from 0 to 2.")
+    target = bench_mod.resolve_target(name, url, model, api_key_file)
+    key_file = api_key_file or (
+        next((r.api_key_file for r in state.records() if r.name == name), None) if name else None
+    )
+    settings = ui_mod.UISettings(
+        url=target.base,
+        model=target.model,
+        engine=target.engine,
+        context=context or target.context,
+        api_key_file=str(Path(key_file).expanduser().resolve()) if key_file else None,
+        system_prompt=ui_mod.system_prompt_arg(system_prompt, json_answers),
+        max_tokens=max_tokens,
+        json_mode=json_answers,
+        title="qwen-deploy",
+        temperature=temperature,
+    )
+    folder = state.state_dir() / "ui" / (name or f"port-{port}")
+    app = ui_mod.write_project(folder, settings, host, port)
+    check_port_free(host, port)
+    env = dict(os.environ, CHAINLIT_APP_ROOT=str(folder), **{ui_mod.CONFIG_ENV: str(folder / "settings.json")})
+    log = folder / "chainlit.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            ui_mod.chainlit_command(app, host, port), cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    try:
+        deadline = time.monotonic() + 120
+        while not port_open("127.0.0.1" if host in ("0.0.0.0", "::") else host, port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise QwenDeployError(f"the chat page did not start (log {log}):\n{tail}")
+            time.sleep(0.1)
+        click.echo(f"chat page for {ui_mod.header_text(settings)} at http://{host}:{port} (Ctrl-C stops it)", err=True)
+        click.echo(f"http://{host}:{port}")
+        code = proc.wait()
+        if code:
+            raise QwenDeployError(f"the chat page stopped with exit code {code} (log {log}).")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        stop_group(proc.pid, proc=proc)
 
 
 # ----------------------------------------------------------------------------- models

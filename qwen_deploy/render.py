@@ -56,6 +56,9 @@ class RenderOptions:
     user_unit: bool = False
     model_path: str | None = None  # a local model file/folder (systemd needs one for llama.cpp)
     python: str = sys.executable  # the interpreter whose llama_cpp / qwen_deploy the unit runs
+    ui: bool = False  # also the Chainlit chat page (`qwen-deploy ui`) as a service beside the server
+    ui_port: int = 8501
+    source_dir: str | None = None  # a qwen-deploy source checkout, to build the page's image from
 
 
 # ----------------------------------------------------------------------------- quoting
@@ -172,6 +175,12 @@ def vllm_container_args(c: Candidate, per_pod: bool) -> list[str]:
     return [*args, "--host", "0.0.0.0", "--port", str(VLLM_CONTAINER_PORT)]
 
 
+def source_checkout() -> str | None:
+    """The qwen-deploy source folder this package runs from (an editable install), if any."""
+    root = Path(__file__).resolve().parent.parent
+    return str(root) if (root / "pyproject.toml").is_file() and (root / "qwen_deploy").is_dir() else None
+
+
 def _check_plan_values(p: Plan, c: Candidate) -> None:
     for key, value in c.engine_args.items():
         check_text(value, f"engine_args.{key}")
@@ -266,7 +275,18 @@ def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
         "hf_cache": "/var/cache/qwen-deploy/huggingface" if c.engine == "vllm" and not o.user_unit else None,
         "read_write_paths": ["%C/huggingface"] if c.engine == "vllm" and o.user_unit else [],
     }
-    return {f"{o.name}.service": _env().get_template("systemd.service.j2").render(**context)}
+    files = {f"{o.name}.service": _env().get_template("systemd.service.j2").render(**context)}
+    if o.ui:
+        ui_args = [
+            o.python, "-m", "qwen_deploy", "ui", "--url", f"http://{_connect_host(o.host)}:{o.port}",
+            "--model", _served(c), "--context", str(c.context), "--host", "127.0.0.1", "--port", str(o.ui_port),
+        ]  # fmt: skip
+        files[f"{o.name}-ui.service"] = (
+            _env()
+            .get_template("systemd-ui.service.j2")
+            .render(name=o.name, exec_start=ui_args, env_file=context["env_file"], user_unit=o.user_unit)
+        )
+    return files
 
 
 def render_compose(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, str]:
@@ -310,6 +330,23 @@ def render_compose(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
         "start_period_s": load_timeout_s(c, download=c.engine == "vllm" or not o.model_path),
         **service,
     }
+    ui = None
+    if o.ui:
+        if o.source_dir:
+            ui = {
+                "context": o.source_dir,
+                "args": [
+                    "--url", f"http://{o.name}:{service['container_port']}", "--model", _served(c),
+                    "--context", str(c.context), "--host", "0.0.0.0", "--port", str(o.ui_port),
+                ],
+                "publish": (f"{publish_host}:" if publish_host else "") + f"{o.ui_port}:{o.ui_port}",
+            }  # fmt: skip
+        else:
+            warnings.append(
+                "the chat page's compose service is built from a qwen-deploy source checkout, and this installation "
+                "has none: the ui service was left out (render from a checkout, or run `qwen-deploy ui` beside it)."
+            )
+    context["ui"] = ui
     return {"compose.yaml": _env().get_template("compose.yaml.j2").render(**context)}
 
 

@@ -183,7 +183,7 @@ def test_probe_json_then_plan_hardware_equals_plain_plan(tmp_path):
 def test_cli_import_loads_no_heavy_modules():
     code = (
         "import sys, qwen_deploy.cli; "
-        "heavy = ['jinja2', 'httpx', 'huggingface_hub', 'llama_cpp', 'vllm', 'torch', 'numpy', 'rich', 'yaml', 'gguf', 'pynvml', 'psutil']; "
+        "heavy = ['jinja2', 'httpx', 'huggingface_hub', 'llama_cpp', 'vllm', 'torch', 'numpy', 'rich', 'yaml', 'gguf', 'pynvml', 'psutil', 'chainlit', 'openai']; "
         "print([m for m in heavy if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

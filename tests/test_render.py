@@ -320,3 +320,27 @@ def test_render_all_for_a_model_not_here_writes_the_container_files(tmp_path):
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["compose.yaml", "k8s.yaml"]
     assert "systemd unit skipped" in err and "hf download" in err
+
+
+@pytest.mark.parametrize("which", ["gpu", "cpu"])
+def test_chat_page_service_beside_the_server(tmp_path, which):
+    """render --ui: a unit for `qwen-deploy ui` ordered after the server's, and a compose service built from
+    this checkout that waits for the server's health check; both through their validators."""
+    p = gpu_plan() if which == "gpu" else cpu_plan()
+    python = str(_vllm_bin_dir() / "python") if which == "gpu" else sys.executable
+    from qwen_deploy.render import source_checkout
+
+    files = _files(p, tmp_path, python, ui=True, ui_port=8600, source_dir=source_checkout())
+    assert "qwen3-ui.service" in files
+    _validate_all(files, tmp_path / "out", tmp_path)
+    unit = files["qwen3-ui.service"]
+    assert "After=qwen3.service" in unit and "Wants=qwen3.service" in unit
+    argv = _exec_start(unit)
+    assert argv[1:4] == ["-m", "qwen_deploy", "ui"] and argv[argv.index("--port") + 1] == "8600"
+    assert argv[argv.index("--url") + 1] == "http://127.0.0.1:8000"
+    compose = yaml.safe_load(files["compose.yaml"])["services"]
+    page = compose["qwen3-ui"]
+    assert page["depends_on"] == {"qwen3": {"condition": "service_healthy"}}
+    assert page["ports"] == ["127.0.0.1:8600:8600"] and page["build"]["context"] == source_checkout()
+    container_port = "8000" if which == "gpu" else "8080"
+    assert page["command"][page["command"].index("--url") + 1] == f"http://qwen3:{container_port}"
