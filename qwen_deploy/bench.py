@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwen_deploy.client import Endpoint, HTTPFailure
+from qwen_deploy.client import Endpoint, HTTPFailure, env_api_key
 from qwen_deploy.errors import QwenDeployError, UsageError
 
 EXIT_FAILED = 5  # verify ran and the context did not serve (documented in README)
@@ -51,7 +51,6 @@ class Target:
 
 def resolve_target(name: str | None, url: str | None, model: str | None, api_key_file: str | None) -> Target:
     """--name (a server `up` started) or --url (any server): base URL, model, key, context and plan."""
-    import os
     from urllib.parse import urlsplit
 
     from qwen_deploy import state
@@ -77,7 +76,7 @@ def resolve_target(name: str | None, url: str | None, model: str | None, api_key
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"--url must look like http://HOST:PORT, not {url!r}.")
         base = f"{parts.scheme}://{parts.netloc}"
-    key = read_api_key(api_key_file) if api_key_file else os.environ.get("QWEN_DEPLOY_API_KEY") or None
+    key = read_api_key(api_key_file) if api_key_file else env_api_key()
     endpoint = Endpoint(base, key)
     try:
         listed = endpoint.get("/v1/models", timeout=10)
@@ -112,7 +111,10 @@ def count_tokens(target: Target, text: str) -> int:
     except (HTTPFailure, KeyError, TypeError):
         pass
     try:  # llama.cpp's own llama-server
-        return len(endpoint.post("/tokenize", {"content": text}, timeout=120)["tokens"])
+        tokens = endpoint.post("/tokenize", {"content": text}, timeout=120)["tokens"]
+        if tokens or not text:
+            return len(tokens)
+        raise KeyError("tokens")  # an empty list for a non-empty text: not a tokenizer answer
     except (HTTPFailure, KeyError, TypeError):
         raise QwenDeployError(
             f"{target.base} has no tokenizer endpoint (/extras/tokenize/count or /tokenize); "
@@ -316,8 +318,11 @@ async def _run_level(
 
         async def worker() -> None:
             while queue:
-                queue.pop()
-                replies.append(await _stream_one(client, target, prompt, max_tokens))
+                i = queue.pop()
+                # a different first line per request: servers reuse a cached prompt prefix (llama-cpp-python's
+                # last prompt, vLLM's prefix cache), and the same prompt again would time a cache hit
+                unique = f"Request {concurrency}-{i} at {time.time_ns()}:\n{prompt}"
+                replies.append(await _stream_one(client, target, unique, max_tokens))
                 tick(len(replies))
 
         started = time.perf_counter()

@@ -538,7 +538,6 @@ def down(name: str | None, all_: bool, timeout: float) -> None:
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
 def wait(name: str | None, url: str | None, served_name: str | None, api_key_file: str | None, timeout: float) -> None:
     """Wait until a server answers a real one-token chat completion (the readiness check of `up`)."""
-    import os
 
     from qwen_deploy import launch, state
 
@@ -550,12 +549,9 @@ def wait(name: str | None, url: str | None, served_name: str | None, api_key_fil
         record = _pick(state.check_name(name), state.records(), "wait for")
         url, served_name = record.url, served_name or record.served_name
         api_key_file = api_key_file or record.api_key_file
-    if api_key_file:
-        key = launch.read_api_key(api_key_file)
-    else:
-        key = next(
-            (os.environ[k] for k in ("QWEN_DEPLOY_API_KEY", "VLLM_API_KEY", "API_KEY") if os.environ.get(k)), None
-        )
+    from qwen_deploy.client import env_api_key
+
+    key = launch.read_api_key(api_key_file) if api_key_file else env_api_key()
     took = launch.wait_url(str(url), served_name, key, timeout, launch.Progress())
     click.echo(f"{url} serves{' ' + repr(served_name) if served_name else ''} (ready after {took:.1f} s)")
 
@@ -651,7 +647,9 @@ def _levels(text: str) -> list[int]:
 @click.option("--prompt-tokens", type=int, default=128, show_default=True, help="Prompt length in tokens.")
 @click.option("--max-tokens", type=int, default=64, show_default=True, help="Tokens to generate per request.")
 @click.option(
-    "--api-key-file", metavar="FILE", help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY)."
+    "--api-key-file",
+    metavar="FILE",
+    help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY / $API_KEY / $VLLM_API_KEY).",
 )
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds per request.")
 @click.option("json_", "--json", is_flag=True, help="Print the measurements as JSON.")
@@ -684,7 +682,9 @@ def bench(name, url, model, levels, n_requests, prompt_tokens, max_tokens, api_k
 @click.option("--needle", is_flag=True, help="Hide a code word at the start; the answer must contain it.")
 @click.option("--margin", type=float, default=0.02, show_default=True, help="How close to the context to fill.")
 @click.option(
-    "--api-key-file", metavar="FILE", help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY)."
+    "--api-key-file",
+    metavar="FILE",
+    help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY / $API_KEY / $VLLM_API_KEY).",
 )
 @click.option("--timeout", type=float, default=900.0, show_default=True, help="Seconds for the long request.")
 @click.option("json_", "--json", is_flag=True, help="Print the result as JSON.")
@@ -733,7 +733,9 @@ def verify(name, url, model, context, needle, margin, api_key_file, timeout, jso
 @click.option("--json-answers", is_flag=True, help="Ask for JSON answers (JSON mode), validate and show them as JSON.")
 @click.option("--temperature", type=float, default=0.7, show_default=True, help="Sampling temperature.")
 @click.option(
-    "--api-key-file", metavar="FILE", help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY)."
+    "--api-key-file",
+    metavar="FILE",
+    help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY / $API_KEY / $VLLM_API_KEY).",
 )
 def ui(
     name, url, model, host, port, system_prompt, max_tokens, context, json_answers, temperature, api_key_file
@@ -762,6 +764,11 @@ def ui(
     if not 0 <= temperature <= 2:
         raise UsageError("--temperature must be from 0 to 2.")
     target = bench_mod.resolve_target(name, url, model, api_key_file)
+    if (context or target.context) and max_tokens >= (context or target.context):
+        raise UsageError(f"--max-tokens {max_tokens} leaves no room in a {context or target.context}-token context.")
+    if not (context or target.context):
+        click.echo("warning: the server does not say its context length; the page keeps the history within 4,096 "
+                   "tokens (pass --context N).", err=True)  # fmt: skip
     key_file = api_key_file or (
         next((r.api_key_file for r in state.records() if r.name == name), None) if name else None
     )

@@ -74,6 +74,18 @@ class Endpoint:
         return str(data["choices"][0].get("text") or "")
 
 
+# Where a key may already be in the environment: ours, then the names the engines read (a systemd unit's
+# EnvironmentFile= or a compose env_file gives the page and `wait` the same variables as the server).
+API_KEY_ENV_NAMES = ("QWEN_DEPLOY_API_KEY", "VLLM_API_KEY", "API_KEY", "LLAMA_API_KEY")
+
+
+def env_api_key(environ: dict[str, str] | None = None) -> str | None:
+    import os
+
+    env = os.environ if environ is None else environ
+    return next((env[name] for name in API_KEY_ENV_NAMES if env.get(name)), None)
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """Something accepts TCP connections on host:port (refused at once while a server is loading)."""
     try:

@@ -45,6 +45,10 @@ def _check_args(args: Any, expected: dict[str, Any], where: str) -> dict[str, An
     if unknown:
         raise UsageError(f"{where}: choice.engine_args has flags qwen-deploy does not pass: {', '.join(unknown)}.")
     for key, value in args.items():
+        planned = expected.get(key)
+        numeric = isinstance(planned, (int, float)) and not isinstance(planned, bool)
+        if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UsageError(f"{where}: choice.engine_args.{key} must be a number, not {value!r}.")
         if not isinstance(value, (str, int, float, bool)) or (isinstance(value, str) and not value.isprintable()):
             raise UsageError(f"{where}: choice.engine_args.{key} must be one printable value, not {value!r}.")
         if isinstance(value, str) and value.startswith("-") and not re.fullmatch(r"-\d+(\.\d+)?", value):

@@ -175,6 +175,22 @@ def vllm_container_args(c: Candidate, per_pod: bool) -> list[str]:
     return [*args, "--host", "0.0.0.0", "--port", str(VLLM_CONTAINER_PORT)]
 
 
+def dns_label(name: str) -> str:
+    """A Kubernetes Service / compose project name (DNS-1035: a-z, 0-9, '-', starting with a letter) from a
+    server name, which may also hold '.' and '_' and start with a digit."""
+    label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    if not label or not label[0].isalpha():
+        label = "m-" + label
+    return label[:63].rstrip("-")
+
+
+def _container_name(o: RenderOptions, warnings: list[str]) -> str:
+    label = dns_label(o.name)
+    if label != o.name and not any(label in w for w in warnings):
+        warnings.append(f"{o.name!r} is not a valid Kubernetes/compose name: the services are named {label!r}.")
+    return label
+
+
 def source_checkout() -> str | None:
     """The qwen-deploy source folder this package runs from (an editable install), if any."""
     root = Path(__file__).resolve().parent.parent
@@ -248,7 +264,8 @@ def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
             f"{o.python} is not readable by other users, and the system unit runs as its own (dynamic) user: "
             "install qwen-deploy in a world-readable place (e.g. /opt/qwen-deploy) or render --user."
         )
-    timeout = load_timeout_s(c)
+    # vLLM downloads the checkpoint on its first start: allow for that too
+    timeout = load_timeout_s(c, download=c.engine == "vllm" and not o.model_path)
     wait = [
         o.python, "-m", "qwen_deploy", "wait", "--url", f"http://{_connect_host(o.host)}:{o.port}",
         "--model", _served(c), "--timeout", str(timeout),
@@ -271,9 +288,10 @@ def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
         "gpu": c.device == "gpu",
         "memory_max_mib": memory_limit_mib(c) if c.device == "cpu" else None,
         "protect_home": "read-only" if under_home or o.user_unit else "yes",
-        # vLLM downloads into the HF cache: CacheDirectory= (system) or the user's own cache (user units)
-        "hf_cache": "/var/cache/qwen-deploy/huggingface" if c.engine == "vllm" and not o.user_unit else None,
-        "read_write_paths": ["%C/huggingface"] if c.engine == "vllm" and o.user_unit else [],
+        "vllm": c.engine == "vllm",
+        # vLLM writes the HF cache (downloads) and its own compile cache: CacheDirectory= (system), or the
+        # user's own HF cache (user units; '-': no error while it does not exist yet)
+        "read_write_paths": ["-%C/huggingface"] if c.engine == "vllm" and o.user_unit else [],
     }
     files = {f"{o.name}.service": _env().get_template("systemd.service.j2").render(**context)}
     if o.ui:
@@ -309,6 +327,8 @@ def render_compose(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
             "memory_mib": memory_limit_mib(c),
             "gpus": 0,
             "key_var": "LLAMA_API_KEY",
+            # llama-server's -hf downloads go to $LLAMA_CACHE (HF hub layout): keep them on the volume
+            "environment": {} if o.model_path else {"LLAMA_CACHE": "/root/.cache/huggingface/hub"},
         }
     else:
         service = {
@@ -320,9 +340,11 @@ def render_compose(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
             "memory_mib": None,
             "gpus": c.tensor_parallel_size * c.replicas,
             "key_var": "VLLM_API_KEY",
+            "environment": {},
         }
+    name = _container_name(o, warnings)
     context = {
-        "name": o.name,
+        "name": name,
         "model_id": p.model.id,
         "label": c.label(),
         "context": c.context,
@@ -336,7 +358,7 @@ def render_compose(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
             ui = {
                 "context": o.source_dir,
                 "args": [
-                    "--url", f"http://{o.name}:{service['container_port']}", "--model", _served(c),
+                    "--url", f"http://{dns_label(o.name)}:{service['container_port']}", "--model", _served(c),
                     "--context", str(c.context), "--host", "0.0.0.0", "--port", str(o.ui_port),
                 ],
                 "publish": (f"{publish_host}:" if publish_host else "") + f"{o.ui_port}:{o.ui_port}",
@@ -386,7 +408,7 @@ def render_k8s(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, str]
         }
     timeout = load_timeout_s(c, download=True)
     context = {
-        "name": o.name,
+        "name": _container_name(o, warnings),
         "model_id": p.model.id,
         "label": c.label(),
         "context": c.context,
@@ -419,14 +441,22 @@ def render_helm_values(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[s
     extra += ["--max-num-batched-tokens", str(a["max-num-batched-tokens"])]
     if a.get("quantization"):
         extra += ["--quantization", str(a["quantization"])]
+    replicas = o.replicas or c.replicas
+    if replicas > 1:
+        warnings.append(
+            f"{replicas} replicas share the chart's one model-cache volume: it is ReadWriteMany, which your storage "
+            "class must support."
+        )
     context = {
-        "name": o.name,
+        "name": _container_name(o, warnings),
+        "access_mode": "ReadWriteOnce" if replicas == 1 else "ReadWriteMany",
+        "startup_failures": max(1, math.ceil(load_timeout_s(c, download=True) / 10)),
         "model_id": p.model.id,
         "label": c.label(),
         "repository": VLLM_IMAGE.split(":")[0],
         "tag": VLLM_IMAGE.split(":")[1],
         "model_url": c.artifact.repo,
-        "replicas": o.replicas or c.replicas,
+        "replicas": replicas,
         "request_cpu": 4,
         "request_memory": f"{host_memory_gib(c)}Gi",
         "request_gpu": c.tensor_parallel_size,

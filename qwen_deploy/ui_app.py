@@ -14,6 +14,7 @@ import chainlit as cl
 import httpx
 from openai import APIConnectionError, APIStatusError, APITimeoutError, AsyncOpenAI
 
+from qwen_deploy.client import env_api_key
 from qwen_deploy.ui import UISettings, estimate_tokens, header_text, parse_json_answer, trim_history
 
 SETTINGS = UISettings.load(os.environ["QWEN_DEPLOY_UI_CONFIG"])
@@ -24,11 +25,7 @@ def _api_key() -> str:
         from qwen_deploy.launch import read_api_key
 
         return read_api_key(SETTINGS.api_key_file)
-    # the key `up` or a unit's environment file gives the model server, under whichever name it uses
-    for name in ("QWEN_DEPLOY_API_KEY", "VLLM_API_KEY", "API_KEY", "LLAMA_API_KEY"):
-        if os.environ.get(name):
-            return os.environ[name]
-    return "none"
+    return env_api_key() or "none"
 
 
 async def _count(client: httpx.AsyncClient, text: str) -> int:
@@ -42,8 +39,11 @@ async def _count(client: httpx.AsyncClient, text: str) -> int:
             response = await client.post(path, json=body, timeout=10)
             if response.status_code == 200:
                 data = response.json()
-                count = data["count"] if "count" in data else len(data["tokens"])
-                return int(count) + 4  # + the template's tokens around a message
+                if "content" in body:  # llama-server: the tokens; an empty list for real text is no answer
+                    if not data["tokens"] and text:
+                        continue
+                    return len(data["tokens"]) + 4
+                return int(data["count"]) + 4  # + the template's tokens around a message
         except httpx.HTTPError:
             break  # the server is not answering: estimate, and let the chat request report it
         except (KeyError, ValueError, TypeError):
@@ -107,7 +107,10 @@ async def on_message(message: cl.Message) -> None:
             if chunk.choices and chunk.choices[0].delta.content:
                 await answer.stream_token(chunk.choices[0].delta.content)
         await answer.send()
-    except (APIConnectionError, APITimeoutError, httpx.ConnectError, httpx.TimeoutException) as exc:
+    except (APIConnectionError, APITimeoutError, httpx.HTTPError) as exc:  # down, or gone mid-answer
+        if answer.content:
+            answer.content += "\n\n_(the answer was cut off)_"
+            await answer.update()
         await cl.Message(content=_unreachable(exc), author="qwen-deploy").send()
         return
     except APIStatusError as exc:

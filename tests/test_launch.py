@@ -286,9 +286,10 @@ def test_up_from_a_plan_file_runs_the_files_args(tmp_path, small_gguf):
         (lambda d: d.update(choice=None), "has no choice"),
         (lambda d: d["choice"]["engine_args"].update(evil="x"), "flags qwen-deploy does not pass: evil"),
         (lambda d: d["choice"]["engine_args"].update(model_alias="a\nb"), "must be one printable value"),
-        (lambda d: d["choice"]["engine_args"].update(n_ctx="lots"), "must be a number of tokens"),
+        (lambda d: d["choice"]["engine_args"].update(n_ctx="lots"), "n_ctx must be a number, not 'lots'"),
+        (lambda d: d["choice"]["engine_args"].update(n_ctx=True), "n_ctx must be a number"),
         (lambda d: d["choice"]["engine_args"].update(model_alias="--port=1"), "must not start with '-'"),
-        (lambda d: d["choice"]["engine_args"].update(port="abc"), "--port must be a number"),
+        (lambda d: d["choice"]["engine_args"].update(port="abc"), "port must be a number, not 'abc'"),
     ],
 )
 def test_bad_plan_files(tmp_path, small_gguf, edit, message):
@@ -420,3 +421,12 @@ def test_gguf_with_deeply_nested_arrays_is_refused(tmp_path):
         read_header(path)
     code, _, err = run("plan", "--model", str(path))
     assert code == 2 and "not a readable GGUF file" in err
+
+
+def test_api_key_from_the_environment_in_the_engines_names():
+    from qwen_deploy.client import env_api_key
+
+    assert env_api_key({"API_KEY": "a"}) == "a"
+    assert env_api_key({"VLLM_API_KEY": "v", "API_KEY": "a"}) == "v"
+    assert env_api_key({"QWEN_DEPLOY_API_KEY": "q", "API_KEY": "a"}) == "q"
+    assert env_api_key({"API_KEY": ""}) is None

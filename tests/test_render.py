@@ -344,3 +344,31 @@ def test_chat_page_service_beside_the_server(tmp_path, which):
     assert page["ports"] == ["127.0.0.1:8600:8600"] and page["build"]["context"] == source_checkout()
     container_port = "8000" if which == "gpu" else "8080"
     assert page["command"][page["command"].index("--url") + 1] == f"http://qwen3:{container_port}"
+
+
+def test_names_that_are_not_dns_labels_are_converted_for_containers(tmp_path):
+    """A valid server name may hold '.' (a profile name does): Services and compose projects may not."""
+    from qwen_deploy.render import dns_label
+
+    assert dns_label("mistral-7b-instruct-v0.3") == "mistral-7b-instruct-v0-3"
+    assert dns_label("3b_model") == "m-3b-model"
+    code, out, err = run("render", "k8s", "--model", "mistral-7b-instruct-v0.3", "--gpu", "RTX 4090", "--ram", "64GiB")
+    assert code == 0, err
+    service = list(yaml.safe_load_all(out))[2]
+    assert service["metadata"]["name"] == "mistral-7b-instruct-v0-3" and "services are named" in err
+
+
+def test_helm_values_for_replicas_and_start_up(tmp_path):
+    code, out, err = run("render", "helm-values", "--gpu", "2xL4", "--ram", "64GiB")
+    assert code == 0, err
+    values = yaml.safe_load(out)["servingEngineSpec"]
+    spec = values["modelSpec"][0]
+    assert spec["replicaCount"] == 2 and spec["pvcAccessMode"] == ["ReadWriteMany"] and "ReadWriteMany" in err
+    assert "vllmApiKey" not in values  # the chart would require the secret; the comment says how to add it
+    assert values["startupProbe"]["failureThreshold"] * 10 >= 600  # a first download plus 3 x the load time
+    path = tmp_path / "values.yaml"
+    path.write_text(out)
+    check = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--schemafile", str(HELM_SCHEMA), str(path)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout
