@@ -638,19 +638,29 @@ def _levels(text: str) -> list[int]:
         raise UsageError(f"--concurrency takes comma-separated numbers such as 1,4,16, not {text!r}.") from None
 
 
+def _endpoint_options(func):
+    """--name / --url / --model / --api-key-file: which server bench, verify and ui talk to."""
+    options = [
+        click.option("--name", help="A server started by `up` (its URL, model, key, context and plan)."),
+        click.option("--url", help="Any OpenAI-compatible server: http://HOST:PORT."),
+        click.option("--model", help="The model to ask for (default: the served one / the first listed)."),
+        click.option(
+            "--api-key-file",
+            metavar="FILE",
+            help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY / $API_KEY / $VLLM_API_KEY).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @cli.command()
-@click.option("--name", help="A server started by `up` (its URL, model, key and plan).")
-@click.option("--url", help="Any OpenAI-compatible server: http://HOST:PORT.")
-@click.option("--model", help="The model to ask for (default: the served one / the first listed).")
+@_endpoint_options
 @click.option("--concurrency", "levels", default="1,4,16", show_default=True, help="Concurrency levels.")
 @click.option("--requests", "n_requests", type=int, help="Requests per level (default: 2 × concurrency, at least 4).")
 @click.option("--prompt-tokens", type=int, default=128, show_default=True, help="Prompt length in tokens.")
 @click.option("--max-tokens", type=int, default=64, show_default=True, help="Tokens to generate per request.")
-@click.option(
-    "--api-key-file",
-    metavar="FILE",
-    help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY / $API_KEY / $VLLM_API_KEY).",
-)
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds per request.")
 @click.option("json_", "--json", is_flag=True, help="Print the measurements as JSON.")
 def bench(name, url, model, levels, n_requests, prompt_tokens, max_tokens, api_key_file, timeout, json_) -> None:
@@ -675,17 +685,10 @@ def bench(name, url, model, levels, n_requests, prompt_tokens, max_tokens, api_k
 
 
 @cli.command()
-@click.option("--name", help="A server started by `up` (its URL, model, key and planned context).")
-@click.option("--url", help="Any OpenAI-compatible server: http://HOST:PORT.")
-@click.option("--model", help="The model to ask for (default: the served one / the first listed).")
+@_endpoint_options
 @click.option("--context", type=int, help="Context to prove (default: the plan's, or what vLLM reports).")
 @click.option("--needle", is_flag=True, help="Hide a code word at the start; the answer must contain it.")
 @click.option("--margin", type=float, default=0.02, show_default=True, help="How close to the context to fill.")
-@click.option(
-    "--api-key-file",
-    metavar="FILE",
-    help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY / $API_KEY / $VLLM_API_KEY).",
-)
 @click.option("--timeout", type=float, default=900.0, show_default=True, help="Seconds for the long request.")
 @click.option("json_", "--json", is_flag=True, help="Print the result as JSON.")
 def verify(name, url, model, context, needle, margin, api_key_file, timeout, json_) -> None:
@@ -722,9 +725,7 @@ def verify(name, url, model, context, needle, margin, api_key_file, timeout, jso
 
 
 @cli.command()
-@click.option("--name", help="A server started by `up` (its URL, model, key, engine and context).")
-@click.option("--url", help="Any OpenAI-compatible server: http://HOST:PORT.")
-@click.option("--model", help="The model to ask for (default: the served one / the first listed).")
+@_endpoint_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the page binds.")
 @click.option("--port", default="8501", show_default=True, help="Port of the page ('auto': a free one).")
 @click.option("--system-prompt", metavar="TEXT|@FILE", help="The system prompt (default: a short helpful one).")
@@ -732,11 +733,6 @@ def verify(name, url, model, context, needle, margin, api_key_file, timeout, jso
 @click.option("--context", type=int, help="Context to keep the history in (default: the plan's / vLLM's).")
 @click.option("--json-answers", is_flag=True, help="Ask for JSON answers (JSON mode), validate and show them as JSON.")
 @click.option("--temperature", type=float, default=0.7, show_default=True, help="Sampling temperature.")
-@click.option(
-    "--api-key-file",
-    metavar="FILE",
-    help="Key to send (default: the one `up` used, or $QWEN_DEPLOY_API_KEY / $API_KEY / $VLLM_API_KEY).",
-)
 def ui(
     name, url, model, host, port, system_prompt, max_tokens, context, json_answers, temperature, api_key_file
 ) -> None:
