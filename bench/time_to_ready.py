@@ -35,16 +35,18 @@ def raw_engine(model: Path, port: int, workdir: Path) -> float:
 
     p = plan(spec_from_gguf(model), probe(), Request(port=port))
     cand = p.choice
-    argv = launch.build_argv(cand, str(model), "127.0.0.1", port)
     job = launch.Launch(
-        name="raw", candidate=cand, argv=argv, env=llamacpp.environment(dict(os.environ), None), host="127.0.0.1",
+        name="raw", candidate=launch.with_args(cand, str(model), "127.0.0.1", port),
+        env=llamacpp.environment(dict(os.environ), None), host="127.0.0.1",
         port=port, served_name=cand.engine_args["model_alias"], model_id=p.model.id, timeout_s=300,
     )  # fmt: skip
     log = workdir / "raw.log"
     log.write_text("")
     start = time.perf_counter()
     with open(log, "ab") as out:
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, env=job.env, start_new_session=True)
+        proc = subprocess.Popen(
+            list(job.argv), stdout=out, stderr=subprocess.STDOUT, env=job.env, start_new_session=True
+        )
     try:
         launch.wait_ready(proc, job, launch.LogReader(log, 0), launch.Progress(quiet=True), time.monotonic())
         return time.perf_counter() - start
@@ -100,7 +102,7 @@ def main() -> None:
         from tests.real_models import SMOLLM2, fetch
 
         model = fetch(SMOLLM2)
-    from qwen_deploy.launch import free_port
+    from qwen_deploy.client import free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="qd-ttr-"))
     env = dict(os.environ, QWEN_DEPLOY_STATE_DIR=str(workdir / "state"), HF_HUB_OFFLINE="1")

@@ -39,6 +39,7 @@ class Target:
     base: str  # http://127.0.0.1:8000
     model: str
     api_key: str | None = None
+    api_key_file: str | None = None  # where the key came from (the page reads it again per message)
     context: int | None = None
     name: str | None = None
     engine: str | None = None
@@ -90,7 +91,16 @@ def resolve_target(name: str | None, url: str | None, model: str | None, api_key
     card = next((m for m in cards if m.get("id") == model), {})
     if context is None and isinstance(card.get("max_model_len"), int):  # vLLM says it
         context = card["max_model_len"]
-    return Target(base=base, model=str(model), api_key=key, context=context, name=name, engine=engine, plan=plan)
+    return Target(
+        base=base,
+        model=str(model),
+        api_key=key,
+        api_key_file=str(Path(api_key_file).expanduser().resolve()) if api_key_file else None,
+        context=context,
+        name=name,
+        engine=engine,
+        plan=plan,
+    )
 
 
 # ----------------------------------------------------------------------------- tokens

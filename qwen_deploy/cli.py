@@ -46,12 +46,9 @@ def _port_value(text: str | int, host: str = "127.0.0.1") -> int:
     if isinstance(text, int):
         return text
     if text.strip().lower() == "auto":
-        import socket
+        from qwen_deploy.client import free_port
 
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.bind((host if _HOST_RE.match(host) else "127.0.0.1", 0))
-            return sock.getsockname()[1]
+        return free_port(host if _HOST_RE.match(host) else "127.0.0.1")
     if not text.strip().isdigit():
         raise UsageError(f"--port must be a number from 1 to 65535 or 'auto', not {text!r}.")
     return int(text)
@@ -363,14 +360,13 @@ def _dry_run(result, model_file, host, port, name, api_key_file, json_: bool) ->
     if model_file:
         model = str(Path(model_file).expanduser().resolve())
     argv = list(build_argv(choice, str(model), host, port))
-    served = choice.engine_args.get("model_alias") or choice.engine_args.get("served-model-name")
     env = (
         {"API_KEY" if choice.engine == "llamacpp" else "VLLM_API_KEY": "<from " + api_key_file + ">"}
         if api_key_file
         else {}
     )
     data = {
-        "name": name or state.default_name(str(served)),
+        "name": name or state.default_name(choice.served_name),
         "command": argv,
         "environment": env,
         "plan": result.to_dict(),
@@ -416,6 +412,7 @@ def status(json_: bool) -> None:
 
     from qwen_deploy import state
     from qwen_deploy.client import Endpoint, HTTPFailure
+    from qwen_deploy.engines import module
 
     with state.locked():
         stale = state.reap_stale()
@@ -423,7 +420,7 @@ def status(json_: bool) -> None:
     for record in state.records():
         answering = False
         try:
-            Endpoint(record.url).get("/v1/models" if record.engine == "llamacpp" else "/health", timeout=1.0)
+            Endpoint(record.url).get(module(record.engine).READY_PATH, timeout=1.0)
             answering = True
         except HTTPFailure as exc:
             answering = exc.status == 401  # it answers; it wants the key
@@ -598,9 +595,8 @@ def render(
         from qwen_deploy.planner import nothing_fits_message
 
         raise NothingFitsError(nothing_fits_message(result))
-    served = result.choice.engine_args.get("model_alias") or result.choice.engine_args.get("served-model-name")
     opts = render_mod.RenderOptions(
-        name=state.check_name(name) if name else state.default_name(str(served)),
+        name=state.check_name(name) if name else state.default_name(result.choice.served_name),
         host=host,
         port=port,
         replicas=replicas,
@@ -742,7 +738,6 @@ def ui(
     import signal
     import subprocess
     import time
-    from pathlib import Path
 
     from qwen_deploy import bench as bench_mod
     from qwen_deploy import state
@@ -765,15 +760,12 @@ def ui(
     if not (context or target.context):
         click.echo("warning: the server does not say its context length; the page keeps the history within 4,096 "
                    "tokens (pass --context N).", err=True)  # fmt: skip
-    key_file = api_key_file or (
-        next((r.api_key_file for r in state.records() if r.name == name), None) if name else None
-    )
     settings = ui_mod.UISettings(
         url=target.base,
         model=target.model,
         engine=target.engine,
         context=context or target.context,
-        api_key_file=str(Path(key_file).expanduser().resolve()) if key_file else None,
+        api_key_file=target.api_key_file,  # the one given, or the one `up` used
         system_prompt=ui_mod.system_prompt_arg(system_prompt, json_answers),
         max_tokens=max_tokens,
         json_mode=json_answers,

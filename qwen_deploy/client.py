@@ -86,6 +86,14 @@ def env_api_key(environ: dict[str, str] | None = None) -> str | None:
     return next((env[name] for name in API_KEY_ENV_NAMES if env.get(name)), None)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (the kernel's pick)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """Something accepts TCP connections on host:port (refused at once while a server is loading)."""
     try:

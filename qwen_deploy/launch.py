@@ -24,7 +24,7 @@ from typing import TextIO
 
 from qwen_deploy import state
 from qwen_deploy.client import Endpoint, HTTPFailure, port_open
-from qwen_deploy.engines import llamacpp, log_pattern, vllm
+from qwen_deploy.engines import log_pattern, module
 from qwen_deploy.errors import EXIT_ENGINE, QwenDeployError, UsageError
 from qwen_deploy.planner import Candidate, Plan, Request
 from qwen_deploy.procs import process_start_ticks, stop_group
@@ -32,9 +32,6 @@ from qwen_deploy.units import format_size
 
 POLL_SECONDS = 0.1
 LOG_TAIL_LINES = 25
-EXIT_INTERRUPTED = 130  # stopped by the user before the engine was ready (128 + SIGINT, as shells report)
-
-ENGINES = {"llamacpp": llamacpp, "vllm": vllm}
 
 ADVICE = {
     "oom": "the engine ran out of memory",
@@ -73,8 +70,7 @@ class Interrupted(BaseException):
 @dataclass(frozen=True)
 class Launch:
     name: str
-    candidate: Candidate
-    argv: tuple[str, ...]
+    candidate: Candidate  # with the local model path and this run's host/port in its args and command
     env: dict[str, str]
     host: str
     port: int
@@ -84,6 +80,10 @@ class Launch:
     api_key_file: str | None = None
     memory_limit_bytes: int | None = None
     timeout_s: float = 600.0
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return self.candidate.command
 
 
 def expected_load_seconds(candidate: Candidate) -> float:
@@ -97,17 +97,14 @@ def default_timeout(candidate: Candidate) -> float:
     return max(120.0, 3 * expected_load_seconds(candidate))
 
 
-def build_argv(candidate: Candidate, model_path: str, host: str, port: int) -> tuple[str, ...]:
-    """The candidate's command with the model's local path and the host/port this run binds."""
-    args = dict(candidate.engine_args)
-    args.update(model=model_path, host=host, port=port)
-    return tuple(ENGINES[candidate.engine].command(args))
-
-
 def with_args(candidate: Candidate, model_path: str, host: str, port: int) -> Candidate:
-    args = dict(candidate.engine_args)
-    args.update(model=model_path, host=host, port=port)
-    return replace(candidate, engine_args=args, command=build_argv(candidate, model_path, host, port))
+    """The candidate with the model's local path and the host/port this run binds, in args and command."""
+    args = {**candidate.engine_args, "model": model_path, "host": host, "port": port}
+    return replace(candidate, engine_args=args, command=tuple(module(candidate.engine).command(args)))
+
+
+def build_argv(candidate: Candidate, model_path: str, host: str, port: int) -> tuple[str, ...]:
+    return with_args(candidate, model_path, host, port).command
 
 
 # ----------------------------------------------------------------------------- ports
@@ -165,13 +162,6 @@ def check_port_free(host: str, port: int) -> None:
             raise QwenDeployError(f"cannot bind {host}:{port}: {exc.strerror}.") from None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def _cmdline(pid: int | None) -> str:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -210,14 +200,14 @@ class LogReader:
 def stage_of(engine: str, text: str) -> str | None:
     """The latest start-up stage the log has reached."""
     found = None
-    for pattern, stage in ENGINES[engine].STAGES:
+    for pattern, stage in module(engine).STAGES:
         if log_pattern(pattern).search(text):
             found = stage
     return found
 
 
 def diagnose(engine: str, text: str) -> str | None:
-    for pattern, kind in ENGINES[engine].DIAGNOSES:
+    for pattern, kind in module(engine).DIAGNOSES:
         if log_pattern(pattern).search(text):
             return kind
     return None
@@ -231,24 +221,22 @@ def _failure(launch: Launch, log: LogReader, what: str, rc: int | None = None) -
         if -rc == signal.SIGKILL and before is not None and after is not None and after > before:
             kind = "oom"  # the kernel's OOM killer, counted in our cgroup during this attempt
         what += f" (killed by {sig})"
-    advice = ADVICE.get(kind or "", "")
+    detail = ""
     if kind == "oom":
         c = launch.candidate
-        advice += (
-            f" (planned {format_size(c.memory.total_bytes)} for {c.label()} at {c.context:,} tokens"
-            + (
-                f", address space capped at {format_size(launch.memory_limit_bytes)}"
-                if launch.memory_limit_bytes
-                else ""
-            )
-            + ")"
-        )
-    tail = log.tail()
-    message = (
+        cap = launch.memory_limit_bytes
+        capped = f", address space capped at {format_size(cap)}" if cap else ""
+        detail = f" (planned {format_size(c.memory.total_bytes)} for {c.label()} at {c.context:,} tokens{capped})"
+    return EngineFailed(_explain(what, kind, log, detail), kind)
+
+
+def _explain(what: str, kind: str | None, log: LogReader, detail: str = "") -> str:
+    """What happened, the diagnosis when the log matched a known pattern, and the log's last lines."""
+    advice = ADVICE.get(kind or "", "") + detail
+    return (
         f"{what}.{' Diagnosis: ' + advice + '.' if advice else ''}\n"
-        f"--- last lines of {log.path} ---\n{tail}\n--- end of log ---"
+        f"--- last lines of {log.path} ---\n{log.tail()}\n--- end of log ---"
     )
-    return EngineFailed(message, kind)
 
 
 def _memory_cgroup_files() -> list[Path]:
@@ -397,7 +385,7 @@ def wait_ready(proc: subprocess.Popen, launch: Launch, log: LogReader, progress:
     reported within one poll), the deadline, the log's stage, then the port and a real completion."""
     host = _connect_host(launch.host)
     endpoint = Endpoint(f"http://{host}:{launch.port}", launch.api_key)
-    ready = Readiness(endpoint, ENGINES[launch.candidate.engine].READY_PATH, launch.served_name)
+    ready = Readiness(endpoint, module(launch.candidate.engine).READY_PATH, launch.served_name)
     deadline = started + launch.timeout_s
     while True:
         rc = proc.poll()
@@ -447,9 +435,6 @@ def _connect_host(host: str) -> str:
 
 # ----------------------------------------------------------------------------- step down on OOM
 
-LLAMACPP_KV_ORDER = ("f16", "q8_0", "q4_0")
-VLLM_KV_ORDER = ("auto", "fp8")
-
 
 def step_down(
     p: Plan, failed: Candidate, replan: Callable[[Request], Plan], fixed_weights: bool = False
@@ -465,7 +450,7 @@ def step_down(
     shorter = (failed.context // 2) // pad * pad
     if shorter >= (req.min_context or 1):
         steps.append((replace(req, context=shorter, **pins), f"context {failed.context:,} -> {shorter:,} tokens"))
-    order = LLAMACPP_KV_ORDER if failed.engine == "llamacpp" else VLLM_KV_ORDER
+    order = module(failed.engine).KV_TYPES  # highest precision first
     if failed.kv_cache_dtype in order:
         for kv in order[order.index(failed.kv_cache_dtype) + 1 :]:
             kv_pins = {**pins, "kv_cache_dtype": kv}
@@ -534,12 +519,10 @@ def _model_path(candidate: Candidate, model_file: str | None) -> str:
     from qwen_deploy.hardware import models_dir
     from qwen_deploy.modelfiles import fetch_gguf, fetch_snapshot
 
-    if candidate.engine == "llamacpp":
-        if model_file:
-            return str(Path(model_file).expanduser().resolve())
-        return str(fetch_gguf(candidate.artifact, models_dir()))
     if model_file:
         return str(Path(model_file).expanduser().resolve())
+    if candidate.engine == "llamacpp":
+        return str(fetch_gguf(candidate.artifact, models_dir()))
     return fetch_snapshot(candidate.artifact, models_dir())
 
 
@@ -572,16 +555,13 @@ def _prepare(p: Plan, candidate: Candidate, opts: UpOptions, name: str, api_key:
         found = p.model if same else check_gguf(Path(path), p.model)
         if not found.chat_template:
             _say(f"warning: {path} has no chat template; the server falls back to its llama-2 chat format.")
-    engine = ENGINES[candidate.engine]
-    served = str(candidate.engine_args.get("model_alias") or candidate.engine_args.get("served-model-name"))
     return Launch(
         name=name,
         candidate=with_args(candidate, path, opts.host, opts.port),
-        argv=build_argv(candidate, path, opts.host, opts.port),
-        env=engine.environment(dict(os.environ), api_key),
+        env=module(candidate.engine).environment(dict(os.environ), api_key),
         host=opts.host,
         port=opts.port,
-        served_name=served,
+        served_name=candidate.served_name,
         model_id=p.model.id,
         api_key=api_key,
         api_key_file=str(Path(opts.api_key_file).expanduser().resolve()) if opts.api_key_file else None,
@@ -646,7 +626,7 @@ def _start(launch: Launch, attempt: int, foreground: bool, run: _Running) -> Log
                 log=str(log_file),
                 plan=str(state.plan_path(launch.name)),
                 command=list(launch.argv),
-                started_at=state.now(),
+                started_at=time.time(),
                 mode="foreground" if foreground else "detached",
                 up_pid=os.getpid(),
                 api_key_file=launch.api_key_file,
@@ -675,8 +655,7 @@ def up(p: Plan, opts: UpOptions, replan: Callable[[Request], Plan], progress: Pr
     assert p.choice is not None
     progress = progress or Progress()
     api_key = read_api_key(opts.api_key_file) if opts.api_key_file else None
-    served = p.choice.engine_args.get("model_alias") or p.choice.engine_args.get("served-model-name") or "model"
-    name = state.check_name(opts.name) if opts.name else state.default_name(str(served))
+    name = state.check_name(opts.name) if opts.name else state.default_name(p.choice.served_name)
     run = _Running()
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
@@ -721,7 +700,7 @@ def up(p: Plan, opts: UpOptions, replan: Callable[[Request], Plan], progress: Pr
         with state.locked():
             if _stopped_by_down(name, run.proc.pid):
                 raise Interrupted(signal.SIGTERM)
-            run.record = state.update(run.record, state="ready", ready_at=state.now())
+            run.record = state.update(run.record, state="ready", ready_at=time.time())
         summary = (
             f"{name} ready at {run.record.url}/v1 in {took:.1f} s: {launch.candidate.label()}, "
             f"{launch.candidate.context:,} tokens, model {launch.served_name!r}, pid {run.proc.pid}"
@@ -766,9 +745,5 @@ def _supervise(run: _Running, log: LogReader) -> int:
         _say(f"{record.name} was stopped (qwen-deploy down).")
         return 0
     kind = diagnose(record.engine, log.text + log.poll())
-    advice = f" Diagnosis: {ADVICE[kind]}." if kind in ADVICE else ""
-    _say(
-        f"{record.name} stopped on its own after it was ready (exit code {rc}).{advice}\n"
-        f"--- last lines of {log.path} ---\n{log.tail()}\n--- end of log ---"
-    )
+    _say(_explain(f"{record.name} stopped on its own after it was ready (exit code {rc})", kind, log))
     return EXIT_ENGINE

@@ -193,13 +193,18 @@ def load_profile(name: str) -> ModelSpec:
     )
 
 
+def hub_repo_folder(repo: str) -> str:
+    """A repo's folder in the Hugging Face cache: models--ORG--NAME."""
+    return "models--" + repo.replace("/", "--")
+
+
 def with_cached_files(spec: ModelSpec, hub_cache: Path) -> ModelSpec:
     """The spec with `path` filled in for GGUF artifacts already in the Hugging Face cache
     (hub_cache/models--ORG--NAME/snapshots/REV/FILE), so plans name the file the engine will load."""
     arts = []
     for art in spec.artifacts:
         if art.engine == "llamacpp" and art.file and not art.path:
-            folder = hub_cache / ("models--" + art.repo.replace("/", "--")) / "snapshots"
+            folder = hub_cache / hub_repo_folder(art.repo) / "snapshots"
             found = sorted(folder.glob(f"*/{art.file}")) if folder.is_dir() else []
             if found:
                 art = replace(art, path=str(found[-1]))

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from qwen_deploy.errors import QwenDeployError, UsageError
-from qwen_deploy.model import Artifact, ModelSpec
+from qwen_deploy.model import Artifact, ModelSpec, hub_repo_folder
 from qwen_deploy.units import format_size
 
 # Head-room kept free on the disk after a download (logs, the partial file's rename, other programs).
@@ -69,7 +69,7 @@ def fetch_gguf(art: Artifact, cache: Path) -> Path:
         raise UsageError(f"the plan's llama.cpp artifact ({art.repo}) names no GGUF file.")
     if offline():
         raise _not_cached(art, cache)
-    partial = sum(p.stat().st_size for p in (cache / _repo_folder(art.repo) / "blobs").glob("*.incomplete"))
+    partial = sum(p.stat().st_size for p in (cache / hub_repo_folder(art.repo) / "blobs").glob("*.incomplete"))
     check_disk(cache, max(0, (art.download_bytes or art.weights_bytes) - partial), f"{art.file} from {art.repo}")
     from huggingface_hub import hf_hub_download  # heavy (httpx): only when a download is needed
 
@@ -95,9 +95,9 @@ def fetch_snapshot(art: Artifact, cache: Path) -> str:
     reads them from there; downloading first gives a progress bar and a disk check)."""
     if art.path and Path(art.path).is_dir():
         return art.path
-    folder = cache / _repo_folder(art.repo) / "snapshots"
+    folder = cache / hub_repo_folder(art.repo) / "snapshots"
     cached = folder.is_dir() and any(folder.glob("*/config.json")) and any(folder.glob("*/*.safetensors"))
-    if cached and not any((cache / _repo_folder(art.repo) / "blobs").glob("*.incomplete")):
+    if cached and not any((cache / hub_repo_folder(art.repo) / "blobs").glob("*.incomplete")):
         return art.repo  # already here: vLLM reads it from the shared cache
     if offline():
         raise _not_cached(art, cache)
@@ -117,10 +117,6 @@ def fetch_snapshot(art: Artifact, cache: Path) -> str:
             "To fix: check the network (or HF_ENDPOINT / HF_TOKEN for gated models)."
         ) from None
     return art.repo
-
-
-def _repo_folder(repo: str) -> str:
-    return "models--" + repo.replace("/", "--")
 
 
 def check_gguf(path: Path, model: ModelSpec) -> ModelSpec:

@@ -118,6 +118,11 @@ class Candidate:
     def quality(self) -> int:
         return PRECISION_QUALITY.get(self.precision, 80) + KV_QUALITY.get(self.kv_cache_dtype, -2)
 
+    @property
+    def served_name(self) -> str:
+        """The model name the engine serves (llama-cpp-python's alias, vLLM's served-model-name)."""
+        return str(self.engine_args.get("model_alias") or self.engine_args.get("served-model-name") or "model")
+
     def label(self) -> str:
         gpus = f" ×{self.tensor_parallel_size * self.replicas} GPU" if self.device == "gpu" else ""
         return f"{self.engine} {self.precision} · KV {self.kv_cache_dtype}{gpus}"

@@ -105,10 +105,6 @@ def systemd_env(name: str, value: Any) -> str:
 # ----------------------------------------------------------------------------- facts from the plan
 
 
-def _served(c: Candidate) -> str:
-    return str(c.engine_args.get("model_alias") or c.engine_args.get("served-model-name"))
-
-
 def memory_limit_mib(c: Candidate) -> int:
     return math.ceil(c.memory.total_bytes * MEMORY_LIMIT_FACTOR / 1024**2)
 
@@ -144,7 +140,7 @@ def llama_server_args(c: Candidate, model_args: list[str], port: int) -> list[st
     a = c.engine_args
     args = [
         *model_args,
-        "--alias", _served(c),
+        "--alias", c.served_name,
         "--host", "0.0.0.0",
         "--port", str(port),
         "--ctx-size", str(a["n_ctx"]),
@@ -268,7 +264,7 @@ def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
     timeout = load_timeout_s(c, download=c.engine == "vllm" and not o.model_path)
     wait = [
         o.python, "-m", "qwen_deploy", "wait", "--url", f"http://{_connect_host(o.host)}:{o.port}",
-        "--model", _served(c), "--timeout", str(timeout),
+        "--model", c.served_name, "--timeout", str(timeout),
     ]  # fmt: skip
     under_home = c.engine == "llamacpp" and (Path(model).is_relative_to("/root") or Path(model).is_relative_to("/home"))
     if c.engine == "llamacpp" and not o.user_unit and not _readable_by_others(Path(model)):
@@ -297,7 +293,7 @@ def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
     if o.ui:
         ui_args = [
             o.python, "-m", "qwen_deploy", "ui", "--url", f"http://{_connect_host(o.host)}:{o.port}",
-            "--model", _served(c), "--context", str(c.context), "--host", "127.0.0.1", "--port", str(o.ui_port),
+            "--model", c.served_name, "--context", str(c.context), "--host", "127.0.0.1", "--port", str(o.ui_port),
         ]  # fmt: skip
         files[f"{o.name}-ui.service"] = (
             _env()
@@ -358,7 +354,7 @@ def render_compose(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
             ui = {
                 "context": o.source_dir,
                 "args": [
-                    "--url", f"http://{dns_label(o.name)}:{service['container_port']}", "--model", _served(c),
+                    "--url", f"http://{dns_label(o.name)}:{service['container_port']}", "--model", c.served_name,
                     "--context", str(c.context), "--host", "0.0.0.0", "--port", str(o.ui_port),
                 ],
                 "publish": (f"{publish_host}:" if publish_host else "") + f"{o.ui_port}:{o.ui_port}",
@@ -437,7 +433,7 @@ def render_helm_values(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[s
             "Render `k8s` instead, or plan for a GPU (--gpu NAME)."
         )
     a = c.engine_args
-    extra = ["--served-model-name", _served(c), "--kv-cache-dtype", str(a["kv-cache-dtype"])]
+    extra = ["--served-model-name", c.served_name, "--kv-cache-dtype", str(a["kv-cache-dtype"])]
     extra += ["--max-num-batched-tokens", str(a["max-num-batched-tokens"])]
     if a.get("quantization"):
         extra += ["--quantization", str(a["quantization"])]

@@ -15,9 +15,8 @@ import fcntl
 import json
 import os
 import re
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +86,6 @@ class Record:
     up_pid: int | None = None  # the `up` that launched (and, in the foreground, supervises) it
     api_key_file: str | None = None
     attempt: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -180,7 +178,3 @@ def reap_stale() -> list[Record]:
             stop_group(record.pid)
         remove(record.name)
     return stale
-
-
-def now() -> float:
-    return time.time()

@@ -73,7 +73,8 @@ async def on_message(message: cl.Message) -> None:
     history: list[dict[str, str]] = cl.user_session.get("history") or []
     counts: dict[str, int] = cl.user_session.get("counts") or {}
     turns = [*history, {"role": "user", "content": message.content}]
-    headers = {"Authorization": f"Bearer {_api_key()}"}
+    key = _api_key()  # read once per message: the file may be rotated while the page runs
+    headers = {"Authorization": f"Bearer {key}"}
     answer = cl.Message(content="")
     try:
         async with httpx.AsyncClient(base_url=SETTINGS.url, headers=headers) as http:
@@ -93,7 +94,7 @@ async def on_message(message: cl.Message) -> None:
                 f"{SETTINGS.context or 4096:,}-token context._",
                 author="qwen-deploy",
             ).send()
-        client = AsyncOpenAI(base_url=SETTINGS.url + "/v1", api_key=_api_key(), max_retries=0, timeout=600)
+        client = AsyncOpenAI(base_url=SETTINGS.url + "/v1", api_key=key, max_retries=0, timeout=600)
         extra = {"response_format": {"type": "json_object"}} if SETTINGS.json_mode else {}
         stream = await client.chat.completions.create(
             model=SETTINGS.model,

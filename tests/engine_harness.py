@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -17,11 +16,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from qwen_deploy.client import free_port  # noqa: F401  (the tests' port picker)
 
 
 def _get(url: str, timeout: float = 2.0) -> dict:

@@ -4,6 +4,13 @@ import functools
 import re
 
 
+def module(engine: str):
+    """The module for an engine name ('llamacpp' or 'vllm')."""
+    from qwen_deploy.engines import llamacpp, vllm
+
+    return {"llamacpp": llamacpp, "vllm": vllm}[engine]
+
+
 @functools.cache
 def log_pattern(pattern: str) -> re.Pattern[str]:
     """Compile a log pattern on first use: planning never parses logs, so it never pays for them."""
