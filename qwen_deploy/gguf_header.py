@@ -109,12 +109,6 @@ class _Cursor:
         self.pos += length
         return text
 
-    def skip_string(self) -> None:
-        length = self.unpack("<Q")
-        self.pos += length
-        if self.pos > self.size:
-            raise GGUFError("a string runs past the end of the file")
-
     def value(self, kind: int) -> Any:
         if kind in _SCALAR:
             return self.unpack(_SCALAR[kind])
@@ -124,6 +118,7 @@ class _Cursor:
 
 
 MAX_ARRAY_DEPTH = 8
+_U64 = struct.Struct("<Q")
 
 
 def _read_array(cur: _Cursor, depth: int = 0) -> tuple[list[Any] | None, int]:
@@ -144,8 +139,15 @@ def _read_array(cur: _Cursor, depth: int = 0) -> tuple[list[Any] | None, int]:
     if kind == 8:
         if keep:
             return [cur.string() for _ in range(count)], count
+        # a vocabulary: ~150,000 strings walked for their lengths only (a tight loop: this is most of the header)
+        read_length, buf, pos = _U64.unpack_from, cur.buf, cur.pos
         for _ in range(count):
-            cur.skip_string()
+            if pos + 8 > cur.size:
+                raise GGUFError("a string array runs past the end of the file")
+            pos += 8 + read_length(buf, pos)[0]
+        if pos > cur.size:
+            raise GGUFError("a string runs past the end of the file")
+        cur.pos = pos
         return None, count
     if kind == 9:  # arrays of arrays: walk them, keep nothing
         for _ in range(count):
