@@ -1,14 +1,24 @@
 """A small HTTP client for OpenAI-compatible servers, on the standard library (urllib): the readiness check
-runs in every `up` and `status`, and must not pay for importing an HTTP stack."""
+runs in every `up` and `status`, and must not pay for importing an HTTP stack.
+
+urllib.request (with http.client, email, ssl) takes ~12 ms to import, which would sit between `up`'s start
+and the engine's; it is imported on first use instead, and `up` loads it while the engine starts
+(`http_stack()` in the readiness check's constructor)."""
 
 from __future__ import annotations
 
 import json
 import socket
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+
+def http_stack() -> Any:
+    """urllib.request, imported on first use (see the module's docstring)."""
+    import urllib.error
+    import urllib.request
+
+    return urllib.request
 
 
 class HTTPFailure(Exception):
@@ -31,15 +41,16 @@ class Endpoint:
         return headers
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        urllib_request = http_stack()
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, headers=self._headers(), method=method)
+        req = urllib_request.Request(self.base + path, data=data, headers=self._headers(), method=method)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as response:
+            with urllib_request.urlopen(req, timeout=timeout) as response:
                 raw = response.read()
-        except urllib.error.HTTPError as exc:
+        except urllib_request.HTTPError as exc:
             detail = exc.read()[:300].decode(errors="replace")
             raise HTTPFailure(f"{method} {path} answered {exc.code}: {detail}", exc.code) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        except (urllib_request.URLError, ConnectionError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise HTTPFailure(f"{method} {path}: {reason}") from None
         if not raw:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from qwen_deploy import state
-from qwen_deploy.client import Endpoint, HTTPFailure, port_open
+from qwen_deploy.client import Endpoint, HTTPFailure, http_stack, port_open
 from qwen_deploy.engines import log_pattern, module
 from qwen_deploy.errors import EXIT_ENGINE, QwenDeployError, UsageError
 from qwen_deploy.planner import Candidate, Plan, Request
@@ -352,6 +352,7 @@ class Readiness:
     def __init__(self, endpoint: Endpoint, ready_path: str, served_name: str | None):
         self.endpoint, self.ready_path, self.served_name = endpoint, ready_path, served_name
         self.listed = False
+        http_stack()  # import the HTTP client now, while the engine loads, not when its port opens
 
     def check(
         self, host: str, port: int, completion_timeout: float, on_completion: Callable[[], None] | None = None
@@ -529,7 +530,6 @@ def _model_path(candidate: Candidate, model_file: str | None) -> str:
 def check_engine_installed(engine: str) -> None:
     """Say how to install the engine before downloading anything for it."""
     import importlib.util
-    import shutil
 
     if engine == "llamacpp" and importlib.util.find_spec("llama_cpp") is None:
         raise QwenDeployError(
@@ -537,6 +537,8 @@ def check_engine_installed(engine: str) -> None:
             "To fix: run scripts/install-llamacpp from the qwen-deploy sources (a portable build), "
             "or pip install 'qwen-deploy[llamacpp]'."
         )
+    import shutil
+
     if engine == "vllm" and shutil.which("vllm") is None:
         raise QwenDeployError(
             "vLLM is not installed (no `vllm` command on PATH). To fix: pip install 'qwen-deploy[vllm]' on a "

@@ -8,9 +8,7 @@ not cached is an error naming the repo, the file and the folder it belongs in.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 from pathlib import Path
 
 from qwen_deploy.errors import QwenDeployError, UsageError
@@ -33,6 +31,8 @@ def _existing_parent(path: Path) -> Path:
 
 def check_disk(cache: Path, needed_bytes: int, what: str) -> None:
     """Refuse a download that cannot fit on the disk holding the cache, before a byte is fetched."""
+    import shutil
+
     free = shutil.disk_usage(_existing_parent(cache)).free
     if free < needed_bytes + DISK_MARGIN_BYTES:
         raise QwenDeployError(
@@ -54,6 +54,8 @@ def _not_cached(art: Artifact, cache: Path) -> QwenDeployError:
 
 
 def sha256_file(path: Path, chunk: int = 8 * 1024**2) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):

@@ -198,3 +198,22 @@ def test_plan_json_loads_no_numpy_rich_or_engines(hw_file):
     )
     result = subprocess.run([sys.executable, "-c", code, hw_file], capture_output=True, text=True, check=True)
     assert result.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_up_spawns_the_engine_before_loading_the_http_client(small_gguf):
+    """`up`'s time to ready is Python start-up + what it imports before the spawn + the engine's own start;
+    the HTTP client (urllib.request with http.client, email, ssl: ~12 ms), hashing and rich are loaded after
+    the spawn, while the engine loads. The spawn is intercepted (the engine is not the point here)."""
+    code = (
+        "import sys\n"
+        "from qwen_deploy import launch\n"
+        "from qwen_deploy.cli import main\n"
+        "def spawn(*args, **kwargs):\n"
+        "    late = ('urllib.request', 'http.client', 'email.parser', 'ssl', 'hashlib', 'rich', 'yaml', 'numpy')\n"
+        "    print('loaded at spawn:', [m for m in late if m in sys.modules], file=sys.stderr)\n"
+        "    raise SystemExit(0)\n"
+        "launch.spawn = spawn\n"
+        "main(['up', '--model-file', sys.argv[1], '--port', 'auto'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(small_gguf)], capture_output=True, text=True)
+    assert "loaded at spawn: []" in result.stderr, result.stderr

@@ -233,6 +233,20 @@ def test_header_reader_agrees_with_gguf_package(synthetic_gguf, gemma3):
                 assert ours.fields[key] == pytest.approx(field.parts[field.data[0]].tolist()[0]), key
 
 
+@pytest.mark.parametrize("cut", [0.25, 0.5, 0.75])
+def test_header_cut_inside_the_vocabulary_is_refused(tmp_path, synthetic_gguf, cut):
+    """The vocabulary (151,936 strings, walked without a bounds test per string) ends past a cut file."""
+    from qwen_deploy.gguf_header import GGUFError, read_header
+
+    header = read_header(synthetic_gguf)
+    with open(synthetic_gguf, "rb") as handle:
+        data = handle.read(header.data_offset)
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(data[: int(len(data) * cut)])  # the vocabulary is most of the header: each cut lands in it
+    with pytest.raises(GGUFError, match="a string array runs past the end"):
+        read_header(bad)
+
+
 def test_ggml_type_table_matches_gguf_package():
     from gguf.constants import GGML_QUANT_SIZES
 
