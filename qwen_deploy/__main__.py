@@ -1,5 +1,5 @@
 """`python -m qwen_deploy` runs the command-line interface."""
 
-from qwen_deploy.cli import main
+from qwen_deploy.cli import run
 
-main()
+run()

@@ -29,9 +29,13 @@ class SyntheticShape:
     context: int = 262144
     architecture: str = "qwen3"
     sliding_window: int | None = None  # gemma3 only
+    merges: int = 2  # BPE merges; a real Qwen3 vocabulary has 151,387 (most of a GGUF header's bytes)
 
 
 QWEN3_4B_ATTENTION = SyntheticShape()
+# Qwen3-4B's every dimension (config.json of Qwen/Qwen3-4B-Instruct-2507: hidden 2560, intermediate 9728, tied
+# embeddings): 4.02e9 parameters, so loading it and answering take what the real model's do on this machine.
+QWEN3_4B_FULL = SyntheticShape(hidden=2560, ffn=9728, merges=151387)
 
 
 def _byte_tokens() -> list[str]:
@@ -49,16 +53,22 @@ def _byte_tokens() -> list[str]:
     return [chr(mapping[b]) for b in range(256)]
 
 
-def write_synthetic_gguf(path: Path, shape: SyntheticShape = QWEN3_4B_ATTENTION, seed: int = 0) -> Path:
-    """Write a GGUF of `shape` with F16 matrices and F32 norms; returns `path`."""
+def write_synthetic_gguf(
+    path: Path, shape: SyntheticShape = QWEN3_4B_ATTENTION, seed: int = 0, weights: str = "F16"
+) -> Path:
+    """Write a GGUF of `shape` with `weights` (F16 or Q8_0) matrices and F32 norms; returns `path`."""
     import gguf
     import numpy as np
+
+    if weights not in ("F16", "Q8_0"):
+        raise ValueError(f"weights must be F16 or Q8_0, not {weights!r}")
+    quantized = weights == "Q8_0"
 
     rng = np.random.default_rng(seed)
     arch = shape.architecture
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(f"synthetic-{arch}-{shape.layers}l-{shape.kv_heads}kv")
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quantized else gguf.LlamaFileType.MOSTLY_F16)
     writer.add_block_count(shape.layers)
     writer.add_context_length(shape.context)
     writer.add_embedding_length(shape.hidden)
@@ -78,42 +88,53 @@ def write_synthetic_gguf(path: Path, shape: SyntheticShape = QWEN3_4B_ATTENTION,
     filler = shape.vocab - len(tokens) - len(special)
     if filler < 0:
         raise ValueError(f"vocab must be at least {len(tokens) + len(special)}")
-    tokens += [f"<|filler_{i}|>" for i in range(filler)] + special
+    fillers = [f"<|filler_{i}|>" for i in range(filler)]
+    tokens += fillers + special
     types = [gguf.TokenType.NORMAL] * (len(tokens) - len(special)) + [gguf.TokenType.CONTROL] * len(special)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges(["Ġ t", "h e"])
+    # two real merges, then pairs of filler tokens (their products never occur in text, so tokenizing is
+    # unchanged; they make the header and the tokenizer's load as big as the real vocabulary's)
+    extra = [f"{fillers[i % filler]} {fillers[(i + 1) % filler]}" for i in range(max(0, shape.merges - 2))]
+    writer.add_token_merges(["Ġ t", "h e", *extra][: max(shape.merges, 2)])
     writer.add_eos_token_id(len(tokens) - 1)
     writer.add_bos_token_id(len(tokens) - 3)
     writer.add_add_bos_token(False)
     writer.add_chat_template(CHATML_TEMPLATE)
 
     def matrix(rows: int, cols: int) -> np.ndarray:
-        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
+        values = rng.standard_normal((rows, cols), dtype=np.float32) * 0.02
+        if quantized:
+            return gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0)
+        return values.astype(np.float16)
+
+    def add_matrix(name: str, rows: int, cols: int) -> None:
+        raw = gguf.GGMLQuantizationType.Q8_0 if quantized else None
+        writer.add_tensor(name, matrix(rows, cols), raw_dtype=raw)
 
     def norm(n: int) -> np.ndarray:
         return np.ones(n, dtype=np.float32)
 
     q_dim, kv_dim = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    writer.add_tensor("token_embd.weight", matrix(shape.vocab, shape.hidden))
+    add_matrix("token_embd.weight", shape.vocab, shape.hidden)
     for i in range(shape.layers):
         p = f"blk.{i}."
         writer.add_tensor(p + "attn_norm.weight", norm(shape.hidden))
-        writer.add_tensor(p + "attn_q.weight", matrix(q_dim, shape.hidden))
-        writer.add_tensor(p + "attn_k.weight", matrix(kv_dim, shape.hidden))
-        writer.add_tensor(p + "attn_v.weight", matrix(kv_dim, shape.hidden))
-        writer.add_tensor(p + "attn_output.weight", matrix(shape.hidden, q_dim))
+        add_matrix(p + "attn_q.weight", q_dim, shape.hidden)
+        add_matrix(p + "attn_k.weight", kv_dim, shape.hidden)
+        add_matrix(p + "attn_v.weight", kv_dim, shape.hidden)
+        add_matrix(p + "attn_output.weight", shape.hidden, q_dim)
         writer.add_tensor(p + "attn_q_norm.weight", norm(shape.head_dim))
         writer.add_tensor(p + "attn_k_norm.weight", norm(shape.head_dim))
         if arch == "gemma3":
             writer.add_tensor(p + "post_attention_norm.weight", norm(shape.hidden))
             writer.add_tensor(p + "post_ffw_norm.weight", norm(shape.hidden))
         writer.add_tensor(p + "ffn_norm.weight", norm(shape.hidden))
-        writer.add_tensor(p + "ffn_gate.weight", matrix(shape.ffn, shape.hidden))
-        writer.add_tensor(p + "ffn_up.weight", matrix(shape.ffn, shape.hidden))
-        writer.add_tensor(p + "ffn_down.weight", matrix(shape.hidden, shape.ffn))
+        add_matrix(p + "ffn_gate.weight", shape.ffn, shape.hidden)
+        add_matrix(p + "ffn_up.weight", shape.ffn, shape.hidden)
+        add_matrix(p + "ffn_down.weight", shape.hidden, shape.ffn)
     writer.add_tensor("output_norm.weight", norm(shape.hidden))
 
     writer.write_header_to_file()

@@ -217,3 +217,35 @@ def test_up_spawns_the_engine_before_loading_the_http_client(small_gguf):
     )
     result = subprocess.run([sys.executable, "-c", code, str(small_gguf)], capture_output=True, text=True)
     assert "loaded at spawn: []" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code"), [(["--version"], 0), (["plan", "--ram", "bogus"], 2), (["plan", "--no-such-option"], 2)]
+)
+def test_the_command_exits_quickly_without_losing_output_atexit_or_the_code(args, code):
+    """run() skips the interpreter's teardown: the exit code, everything written and atexit handlers stay."""
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+        "sys.argv = ['qwen-deploy', *sys.argv[1:]]\n"
+        "from qwen_deploy.cli import run\n"
+        "run()\n"
+        "print('not reached')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    assert result.returncode == code, result.stderr
+    assert result.stderr.rstrip().endswith("atexit ran")
+    assert "not reached" not in result.stdout
+    if code == 0:
+        assert result.stdout.startswith("qwen-deploy, version ")
+    else:
+        assert "Error" in result.stderr
+
+
+def test_a_long_answer_through_a_pipe_is_complete(hw_file):
+    result = subprocess.run(
+        [sys.executable, "-m", "qwen_deploy", "plan", "--hardware", hw_file, "--json"], capture_output=True
+    )
+    assert result.returncode == 0
+    assert len(result.stdout) > 8192  # more than one pipe buffer's worth, flushed before os._exit
+    assert json.loads(result.stdout)["choice"]

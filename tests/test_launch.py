@@ -106,6 +106,38 @@ def test_stages_follow_the_log():
     assert launch.stage_of("vllm", "Model loading took 7.6 GiB and 3.1 s") == "profiling memory"
 
 
+def test_log_reader_reads_only_new_bytes_and_follows_stages_across_cut_lines(tmp_path):
+    """The engine writes in pieces: a line (and a UTF-8 character) can be cut between two polls."""
+    log = tmp_path / "engine.log"
+    log.write_bytes(b"=== header line of an earlier attempt\n")
+    reader = launch.LogReader(log, log.stat().st_size)
+    assert reader.poll_stage("llamacpp") is None
+    data = (
+        "llama_model_loader: loaded meta data with 30 key-value pairs\n"
+        "load_tensors: CPU model buffer size = 1 MiB (caf\u00e9 \u2014 done)\n"
+        "llama_kv_cache: size = 1 MiB\n"
+    ).encode()
+    dash = data.index("\u2014".encode())
+    cuts = [data.index(b"sors:"), dash + 2, data.index(b"_cache"), len(data)]  # mid-word, mid-character
+    pieces = [data[a:b] for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
+    seen = []
+    for piece in pieces:
+        with open(log, "ab") as handle:
+            handle.write(piece)
+        seen.append(reader.poll_stage("llamacpp"))
+    assert seen == ["reading the GGUF header", "loading weights", "loading weights", "allocating the KV cache"]
+    assert reader.text == data.decode()  # nothing read twice, nothing lost, no U+FFFD
+    assert "earlier attempt" not in reader.text
+    assert reader.poll() == ""
+
+
+def test_a_stage_once_reached_is_kept():
+    assert launch.stage_of("llamacpp", "INFO: loading", after="loading weights") == "loading weights"
+    assert launch.stage_of("llamacpp", "compute buffer size = 1", after="loading weights") == (
+        "reserving compute buffers"
+    )
+
+
 # ----------------------------------------------------------------------------- state
 
 
