@@ -41,3 +41,11 @@ def update_section(name: str, command: str, body: str) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def compile_package() -> None:
+    """Write qwen_deploy's bytecode, as `pip install` does: a checkout run with PYTHONDONTWRITEBYTECODE=1
+    would otherwise compile every changed module on every start, which is not what users run."""
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "qwen_deploy"), quiet=1)
