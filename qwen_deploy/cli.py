@@ -868,10 +868,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except (BrokenPipeError, KeyboardInterrupt):
         sys.exit(EXIT_ERROR)
-    except BaseException as exc:  # launch.Interrupted: a stop signal outside up's own handling
-        if type(exc).__name__ != "Interrupted":
-            raise
-        sys.exit(128 + exc.signum)
     except Exception as exc:  # a bug: say so in one line; --debug shows the traceback
         if debug:
             raise
@@ -879,6 +875,10 @@ def main(argv: list[str] | None = None) -> None:
             f"Error: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback).", err=True
         )
         sys.exit(EXIT_ERROR)
+    except BaseException as exc:  # launch.Interrupted: a stop signal outside up's own handling
+        if type(exc).__name__ != "Interrupted":
+            raise
+        sys.exit(128 + exc.signum)
 
 
 def run() -> None:
@@ -897,7 +897,8 @@ def run() -> None:
     if code is None:
         code = 0
     elif not isinstance(code, int):
-        sys.stderr.write(f"{code}\n")
+        if sys.stderr is not None:
+            sys.stderr.write(f"{code}\n")
         code = EXIT_ERROR
     threading = sys.modules.get("threading")
     if threading is not None and threading.active_count() > 1:
@@ -907,6 +908,7 @@ def run() -> None:
 
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`): nothing more can be said
-            stream.flush()
+        if stream is not None:  # None: started with that descriptor closed
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`): nothing more can be said
+                stream.flush()
     os._exit(code)

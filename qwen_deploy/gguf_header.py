@@ -140,12 +140,13 @@ def _read_array(cur: _Cursor, depth: int = 0) -> tuple[list[Any] | None, int]:
         if keep:
             return [cur.string() for _ in range(count)], count
         # a vocabulary: ~150,000 strings walked for their lengths only (a tight loop: this is most of the header)
-        # (no bounds test per string: unpack_from raises struct.error when a length would lie past the end)
+        # (no bounds test per string: unpack_from raises struct.error when a length would lie past the end,
+        # OverflowError when a corrupt length has pushed the position past what an index can hold)
         read_length, buf, pos = _U64.unpack_from, cur.buf, cur.pos
         try:
             for _ in range(count):
                 pos += 8 + read_length(buf, pos)[0]
-        except struct.error:
+        except (struct.error, OverflowError):
             raise GGUFError("a string array runs past the end of the file") from None
         if pos > cur.size:
             raise GGUFError("a string runs past the end of the file")

@@ -30,9 +30,12 @@ from qwen_deploy.planner import Candidate, Plan, Request
 from qwen_deploy.procs import process_start_ticks, stop_group
 from qwen_deploy.units import format_size
 
-# How often `up`/`wait` look at the engine: a refused connect, a waitpid and a read of the log's new bytes
-# cost ~0.1 ms, so 25 ms keeps the check's own lag small next to an engine that starts in under a second.
+# How often `up`/`wait` look at the engine: while its port refuses connections a round (a refused connect,
+# a waitpid, a read of the log's new bytes) costs ~0.1 ms, so every 25 ms keeps the check's own lag small next
+# to an engine that starts in under a second. Once the port accepts and the HTTP check still fails (a server
+# answering 503, or failing completions), rounds are 100 ms apart, not to flood it (or its log).
 POLL_SECONDS = 0.025
+HTTP_RETRY_SECONDS = 0.1
 LOG_TAIL_LINES = 25
 
 ADVICE = {
@@ -211,7 +214,11 @@ class LogReader:
         return self.stage
 
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines, for a failure report: the engine is done, so a character it cut short is shown too."""
         self.poll()
+        if self._pending:
+            self.text += self._pending.decode(errors="replace")  # (already counted in offset)
+            self._pending = b""
         return "\n".join(self.text.rstrip("\n").splitlines()[-lines:])
 
 
@@ -383,14 +390,17 @@ class Readiness:
     def __init__(self, endpoint: Endpoint, ready_path: str, served_name: str | None):
         self.endpoint, self.ready_path, self.served_name = endpoint, ready_path, served_name
         self.listed = False
+        self.pause = POLL_SECONDS  # until the next round: HTTP_RETRY_SECONDS after a failed HTTP check
         http_stack()  # import the HTTP client now, while the engine loads, not when its port opens
 
     def check(
         self, host: str, port: int, completion_timeout: float, on_completion: Callable[[], None] | None = None
     ) -> bool:
         """One round; True when ready. Raises EngineFailed when the server refuses the API key."""
+        self.pause = POLL_SECONDS
         if not port_open(host, port, timeout=0.5):
             return False
+        self.pause = HTTP_RETRY_SECONDS
         try:
             if not self.listed:
                 self.endpoint.get(self.ready_path, timeout=5.0)
@@ -434,7 +444,7 @@ def wait_ready(proc: subprocess.Popen, launch: Launch, log: LogReader, progress:
             on_completion=lambda: progress.show(time.monotonic() - started, "first completion"),
         ):
             return time.monotonic() - started
-        time.sleep(POLL_SECONDS)
+        time.sleep(ready.pause)
 
 
 def wait_url(url: str, served_name: str | None, api_key: str | None, timeout_s: float, progress: Progress) -> float:
@@ -457,7 +467,7 @@ def wait_url(url: str, served_name: str | None, api_key: str | None, timeout_s: 
         ):
             progress.done()
             return time.monotonic() - started
-        time.sleep(POLL_SECONDS)
+        time.sleep(ready.pause)
 
 
 def _connect_host(host: str) -> str:

@@ -249,3 +249,11 @@ def test_a_long_answer_through_a_pipe_is_complete(hw_file):
     assert result.returncode == 0
     assert len(result.stdout) > 8192  # more than one pipe buffer's worth, flushed before os._exit
     assert json.loads(result.stdout)["choice"]
+
+
+@pytest.mark.parametrize(("args", "closed"), [(["--version"], ">&-"), (["status"], "2>&-")])
+def test_a_closed_stdout_or_stderr_does_not_turn_success_into_a_crash(args, closed):
+    command = f"{sys.executable!s} -m qwen_deploy {' '.join(args)} {closed}"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr

@@ -129,6 +129,10 @@ def test_log_reader_reads_only_new_bytes_and_follows_stages_across_cut_lines(tmp
     assert reader.text == data.decode()  # nothing read twice, nothing lost, no U+FFFD
     assert "earlier attempt" not in reader.text
     assert reader.poll() == ""
+    with open(log, "ab") as handle:  # the engine dies in the middle of a character
+        handle.write(b"fatal: out of memory \xe2\x80")
+    assert reader.poll() == "fatal: out of memory "
+    assert reader.tail(1) == "fatal: out of memory \ufffd"  # the report shows what there is
 
 
 def test_a_stage_once_reached_is_kept():
@@ -277,6 +281,25 @@ def test_header_cut_inside_the_vocabulary_is_refused(tmp_path, synthetic_gguf, c
     bad.write_bytes(data[: int(len(data) * cut)])  # the vocabulary is most of the header: each cut lands in it
     with pytest.raises(GGUFError, match="a string array runs past the end"):
         read_header(bad)
+
+
+def test_a_vocabulary_string_of_absurd_length_is_refused(tmp_path, synthetic_gguf):
+    """A corrupt length of 2**63 pushes the walk past what an index can hold (OverflowError, not struct.error):
+    still a GGUF error, and one sentence from `plan`."""
+    import struct
+
+    from qwen_deploy.gguf_header import GGUFError, read_header
+
+    data = bytearray(synthetic_gguf.read_bytes()[: read_header(synthetic_gguf).data_offset])
+    key = b"tokenizer.ggml.tokens"
+    first = data.index(key) + len(key) + 4 + 4 + 8  # value type ARRAY, element type STRING, count
+    data[first : first + 8] = struct.pack("<Q", 2**63)
+    bad = tmp_path / "absurd.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(GGUFError, match="a string array runs past the end"):
+        read_header(bad)
+    code, _, err = run("plan", "--model", str(bad))
+    assert code == 2 and "not a readable GGUF file" in err and "Traceback" not in err
 
 
 def test_ggml_type_table_matches_gguf_package():
@@ -476,3 +499,34 @@ def test_api_key_from_the_environment_in_the_engines_names():
     assert env_api_key({"VLLM_API_KEY": "v", "API_KEY": "a"}) == "v"
     assert env_api_key({"QWEN_DEPLOY_API_KEY": "q", "API_KEY": "a"}) == "q"
     assert env_api_key({"API_KEY": ""}) is None
+
+
+def test_a_server_that_answers_errors_is_not_flooded(tmp_path):
+    """Port-closed rounds are 25 ms apart; once the port accepts and the HTTP check fails, 100 ms apart (an
+    upper bound on the requests: a slow machine only makes fewer)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from qwen_deploy.client import free_port
+
+    hits = []
+
+    class Unavailable(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            hits.append(self.path)
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(launch.EngineFailed, match="did not serve within"):
+            launch.wait_url(f"http://127.0.0.1:{port}", None, None, 1.0, launch.Progress(quiet=True))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 1 <= len(hits) <= 12, len(hits)  # 1 s at 100 ms: ~10 (at 25 ms it would be ~35)
