@@ -288,6 +288,11 @@ LLAMACPP_CTX_PAD = 256
 # fastapi, pydantic and libllama/libggml (measured here: bench/accuracy_llamacpp.py prints it).
 LLAMACPP_PROCESS_BYTES = 160 * MiB
 
+# A BPE tokenizer's merges live in llama.cpp's vocabulary as a map of string pairs to ranks: 218 B each
+# (measured: two GGUFs that differ only in 2 vs 151,387 merges, the count of every Qwen2/Qwen3 GGUF, peak
+# 795.6 vs 827.1 MiB RSS under the same load: 31.5 MiB / 151,385). SentencePiece vocabularies have none.
+LLAMACPP_BYTES_PER_MERGE = 218
+
 
 def pad_context(n_ctx: int, pad: int = LLAMACPP_CTX_PAD) -> int:
     return -(-n_ctx // pad) * pad
@@ -395,8 +400,10 @@ def llamacpp_memory(
     repacked_source_bytes: int = 0,
     n_swa: int | None = None,
     value_head_dim: int | None = None,
+    tokenizer_merges: int = 0,
 ) -> MemoryEstimate:
-    """RAM the llama-cpp-python server takes at n_ctx: model buffers, KV, compute/output buffers, process.
+    """RAM the llama-cpp-python server takes at n_ctx: model buffers, KV, compute/output buffers, process
+    (and the tokenizer's BPE merges).
 
     Model buffers: with mmap the whole tensor data stays mapped and resident once read ('CPU_Mapped'), and
     CPUs with repack kernels add a repacked copy of some matrices ('CPU_REPACK'); without mmap the file is
@@ -435,7 +442,8 @@ def llamacpp_memory(
     work = llamacpp_work_bytes(cells, n_ubatch=config.n_ubatch, n_head=n_head, flash_attn=config.flash_attn)
     output = llamacpp_output_bytes(n_vocab, config.n_seq)
     model = weights_bytes + repacked_bytes - (0 if config.use_mmap else repacked_source_bytes)
-    overhead = resident + work + output + LLAMACPP_PROCESS_BYTES
+    tokenizer = tokenizer_merges * LLAMACPP_BYTES_PER_MERGE
+    overhead = resident + work + output + LLAMACPP_PROCESS_BYTES + tokenizer
     return MemoryEstimate(
         budget_bytes=budget_bytes,
         weights_bytes=model,
@@ -452,6 +460,7 @@ def llamacpp_memory(
             "work_buffer_bytes": work,
             "output_buffer_bytes": output,
             "process_bytes": LLAMACPP_PROCESS_BYTES,
+            "tokenizer_merges_bytes": tokenizer,
         },
     )
 

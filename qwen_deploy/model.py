@@ -66,6 +66,8 @@ class ModelSpec:
     name: str = ""
     # The model ships a chat template (a GGUF's tokenizer.chat_template; every built-in profile's GGUFs do).
     chat_template: bool = True
+    # BPE merges in its GGUF tokenizer (tokenizer.ggml.merges; 0 for SentencePiece): llama.cpp holds them.
+    tokenizer_merges: int = 0
 
     def artifact(self, engine: str, precision: str) -> Artifact | None:
         for art in self.artifacts:
@@ -94,6 +96,7 @@ class ModelSpec:
             "sliding_window_layers": list(self.sliding_window_layers),
             "parameters": self.parameters,
             "chat_template": self.chat_template,
+            "tokenizer_merges": self.tokenizer_merges,
         }
 
 
@@ -161,6 +164,7 @@ def _spec_from_profile(name: str, raw: dict[str, Any]) -> ModelSpec:
         sliding_window_layers=tuple(raw.get("sliding_window_layers", ())),
         parameters=raw.get("parameters"),
         artifacts=_artifacts_from(raw.get("artifacts", [])),
+        tokenizer_merges=int(raw.get("tokenizer_merges", 0)),
     )
 
 
@@ -443,6 +447,7 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         sliding_window_layers=swa_layers,
         parameters=sum(t.n_elements for t in header.tensors),
         chat_template="tokenizer.chat_template" in header.fields,
+        tokenizer_merges=header.array_lengths.get("tokenizer.ggml.merges", 0),
     )
     tensors = tuple(
         (t.name, t.type_name, t.shape[0], t.shape[1] if len(t.shape) > 1 else 1, t.n_bytes) for t in header.tensors

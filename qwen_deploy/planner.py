@@ -493,6 +493,7 @@ def llamacpp_estimate(
         repacked_source_bytes=source,
         budget_bytes=budget,
         n_swa=model.sliding_window,
+        tokenizer_merges=model.tokenizer_merges,
         config=memory.LlamacppConfig(n_ctx=n_ctx, type_k=kv, type_v=kv, flash_attn=flash_attn, use_mmap=not repacked),
     )
 

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qwen_deploy.hardware import Hardware
+from qwen_deploy.memory import LLAMACPP_BYTES_PER_MERGE
 from qwen_deploy.planner import Candidate, Plan, ram_budget
 from qwen_deploy.units import format_size
 
@@ -109,6 +110,9 @@ def print_breakdown(c: Candidate) -> None:
         note = ""
         if name == "compute_resident_bytes" and reserved is not None:
             note = f"of {format_size(reserved)} reserved (one logits row per ubatch)"
+        if name == "tokenizer_merges_bytes" and value:
+            per = LLAMACPP_BYTES_PER_MERGE
+            note = f"{value // per:,} BPE merges × {per} B"
         rows.append((name.removesuffix("_bytes").replace("_", " "), value, note))
     rows.append(("KV cache", m.kv_cache_bytes, f"{m.kv_capacity_tokens:,} tokens × {m.kv_bytes_per_token:,} B"))
     rows.append(("total", m.total_bytes, ""))

@@ -142,3 +142,20 @@ def write_synthetic_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def full_size_qwen3_4b() -> Path:
+    """A GGUF with every dimension of Qwen3-4B (random Q8_0 weights, 4.3 GB), written once into the test-model
+    cache (about 1.5 minutes): the real model cannot be downloaded here, and loading and answering with this
+    one take what the real one's do. For the benchmarks; the tests use the small shapes."""
+    import os
+
+    from tests.real_models import cache_dir
+
+    target = cache_dir() / "synthetic-qwen3-4b-q8_0.gguf"
+    if not target.exists():
+        print(f"writing {target} (once) ...", flush=True)
+        partial = target.with_suffix(".partial")
+        write_synthetic_gguf(partial, QWEN3_4B_FULL, weights="Q8_0")
+        os.replace(partial, target)
+    return target

@@ -74,3 +74,21 @@ def test_real_small_model_memory_and_answer(smollm2, tmp_path):
         reported = parse_memory_log(server.log_text())
     assert "4" in answer["choices"][0]["message"]["content"]
     assert_matches(choice, reported)
+
+
+def test_a_bpe_vocabulary_with_qwens_merges_stays_within_the_plan(tmp_path):
+    """151,387 BPE merges (every Qwen2/Qwen3 GGUF's count) take ~31 MiB in the server; the plan's total must
+    stay at or above the peak RSS under a prompt longer than one ubatch (without the tokenizer term it fell
+    1 MiB short here, 5 MiB with every dimension of Qwen3-4B: bench/accuracy_llamacpp.py --full-size)."""
+    from tests.engine_harness import peak_rss_bytes
+    from tests.synthetic_gguf import SyntheticShape, write_synthetic_gguf
+
+    path = write_synthetic_gguf(tmp_path / "bpe.gguf", SyntheticShape(merges=151_387))
+    assert spec_from_gguf(path).tokenizer_merges == 151_387
+    choice, port = plan_for(path, context=4096, kv_cache_dtype="f16")
+    assert choice.memory.parts["tokenizer_merges_bytes"] == 151_387 * 218
+    with running_server(list(choice.command), port, tmp_path / "server.log") as server:
+        server.complete(server.prompt_of(600), max_tokens=4)
+        server.complete("Hello", max_tokens=1)
+        peak = peak_rss_bytes(server.proc.pid)
+    assert peak <= choice.memory.total_bytes, (peak / MiB, choice.memory.total_bytes / MiB)

@@ -160,6 +160,10 @@ def test_llamacpp_memory_adds_up():
     assert est.total_bytes == est.weights_bytes + 576 * MiB + est.overhead_bytes
     no_mmap = memory.llamacpp_memory(**common, config=memory.LlamacppConfig(n_ctx=4000, use_mmap=False))
     assert no_mmap.weights_bytes == 2_497_281_120
+    # the Qwen tokenizer's 151,387 BPE merges: 151,387 × 218 B = 33,002,366 B (31.5 MiB) more
+    bpe = memory.llamacpp_memory(**common, tokenizer_merges=151_387, config=memory.LlamacppConfig(n_ctx=4000))
+    assert bpe.parts["tokenizer_merges_bytes"] == 33_002_366
+    assert bpe.total_bytes - est.total_bytes == 33_002_366
 
 
 def test_quantized_v_cache_needs_flash_attention():
