@@ -8,7 +8,10 @@ is used) and one of 1 token, then compare:
   buffers within 5%); peak RSS (VmHWM): the plan's total must not be below it and should be within 20%
   above it.
 
-    python bench/accuracy_llamacpp.py [--quick] [--no-write]
+    python bench/accuracy_llamacpp.py [--quick | --full-size] [--no-write]
+
+--full-size runs a GGUF with every dimension of Qwen3-4B (hidden 2560, MLP 9728: the compute buffer and
+the weights at their real size; ~10 minutes, a 600-token prompt takes ~45 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from qwen_deploy.model import spec_from_gguf
 from qwen_deploy.planner import Request, plan
 from tests.engine_harness import free_port, peak_rss_bytes, running_server
 from tests.real_models import GEMMA3, SMOLLM2, fetch
-from tests.synthetic_gguf import QWEN3_4B_ATTENTION, write_synthetic_gguf
+from tests.synthetic_gguf import QWEN3_4B_ATTENTION, full_size_qwen3_4b, write_synthetic_gguf
 
 MiB = 1024**2
 
@@ -85,16 +88,24 @@ def measure(model_path: Path, n_ctx: int, kv: str, flash_attn: bool, workdir: Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n_ctx 2048 and 8192 only, flash attention on")
+    parser.add_argument(
+        "--full-size",
+        action="store_true",
+        help="instead: a GGUF with every dimension of Qwen3-4B (Q8_0, 4.3 GB, written once), n_ctx 4096 and 32768",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        models = [
-            write_synthetic_gguf(work / "synthetic-qwen3-4b-shape.gguf", QWEN3_4B_ATTENTION),
-            fetch(SMOLLM2),
-            fetch(GEMMA3),
-        ]
-        contexts = [2048, 8192] if args.quick else [2048, 8192, 32768]
+        if args.full_size:
+            models = [full_size_qwen3_4b()]
+        else:
+            models = [
+                write_synthetic_gguf(work / "synthetic-qwen3-4b-shape.gguf", QWEN3_4B_ATTENTION),
+                fetch(SMOLLM2),
+                fetch(GEMMA3),
+            ]
+        contexts = [4096, 32768] if args.full_size else [2048, 8192] if args.quick else [2048, 8192, 32768]
         settings = [("f16", True), ("q8_0", True)] + ([] if args.quick else [("f16", False)])
         rows = []
         limits = {m: spec_from_gguf(m).max_context for m in models}
@@ -136,7 +147,10 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        update_section("accuracy_llamacpp", "python bench/accuracy_llamacpp.py", table)
+        if args.full_size:
+            update_section("accuracy_llamacpp_full_size", "python bench/accuracy_llamacpp.py --full-size", table)
+        else:
+            update_section("accuracy_llamacpp", "python bench/accuracy_llamacpp.py", table)
 
 
 if __name__ == "__main__":

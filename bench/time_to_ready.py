@@ -27,6 +27,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from bench._report import compile_package, update_section  # noqa: E402
+from tests.synthetic_gguf import full_size_qwen3_4b  # noqa: E402
 
 
 def raw_engine(model: Path, port: int, workdir: Path, context: int | None = None) -> float:
@@ -98,24 +99,8 @@ def crash_report_seconds(model: Path, port: int, env: dict[str, str], context: i
     return took
 
 
-def synthetic_qwen3_4b() -> Path:
-    """A full-size Qwen3-4B-shaped GGUF (every dimension of the real model, random Q8_0 weights, 4.3 GB),
-    written once into the test-model cache (about two minutes): the real model cannot be downloaded here,
-    and its start-up time is what `up`'s overhead is measured against."""
-    from tests.real_models import cache_dir
-    from tests.synthetic_gguf import QWEN3_4B_FULL, write_synthetic_gguf
-
-    target = cache_dir() / "synthetic-qwen3-4b-q8_0.gguf"
-    if not target.exists():
-        print(f"writing {target} (once) ...", file=sys.stderr)
-        partial = target.with_suffix(".partial")
-        write_synthetic_gguf(partial, QWEN3_4B_FULL, weights="Q8_0")
-        os.replace(partial, target)
-    return target
-
-
 MODELS = {
-    "qwen3-4b-shape": ("Qwen3-4B-shaped (synthetic, all real dimensions, Q8_0, 4.3 GB)", synthetic_qwen3_4b),
+    "qwen3-4b-shape": ("Qwen3-4B-shaped (synthetic, all real dimensions, Q8_0, 4.3 GB)", full_size_qwen3_4b),
     "smollm2": ("SmolLM2-135M-Instruct Q4_1 (real, 0.1 GB)", None),
 }
 
