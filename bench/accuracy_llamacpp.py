@@ -147,10 +147,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        if args.full_size:
-            update_section("accuracy_llamacpp_full_size", "python bench/accuracy_llamacpp.py --full-size", table)
-        else:
-            update_section("accuracy_llamacpp", "python bench/accuracy_llamacpp.py", table)
+        suffix = "_full_size" if args.full_size else ""
+        command = "python bench/accuracy_llamacpp.py" + (" --full-size" if args.full_size else "")
+        update_section("accuracy_llamacpp" + suffix, command, table)
 
 
 if __name__ == "__main__":

@@ -99,19 +99,22 @@ def crash_report_seconds(model: Path, port: int, env: dict[str, str], context: i
     return took
 
 
+def _smollm2() -> Path:
+    from tests.real_models import SMOLLM2, fetch
+
+    return fetch(SMOLLM2)
+
+
 MODELS = {
     "qwen3-4b-shape": ("Qwen3-4B-shaped (synthetic, all real dimensions, Q8_0, 4.3 GB)", full_size_qwen3_4b),
-    "smollm2": ("SmolLM2-135M-Instruct Q4_1 (real, 0.1 GB)", None),
+    "smollm2": ("SmolLM2-135M-Instruct Q4_1 (real, 0.1 GB)", _smollm2),
 }
 
 
 def resolve(name: str) -> tuple[str, Path]:
-    if name == "smollm2":
-        from tests.real_models import SMOLLM2, fetch
-
-        return MODELS[name][0], fetch(SMOLLM2)
     if name in MODELS:
-        return MODELS[name][0], MODELS[name][1]()
+        label, get = MODELS[name]
+        return label, get()
     path = Path(name).expanduser().resolve()
     if not path.is_file():
         raise SystemExit(f"--models: {name!r} is neither {' nor '.join(MODELS)} nor a GGUF file")

@@ -14,8 +14,7 @@ from typing import Any
 
 
 def http_stack() -> Any:
-    """urllib.request, imported on first use (see the module's docstring)."""
-    import urllib.error
+    """urllib.request (which also holds urllib.error's HTTPError and URLError), imported on first use."""
     import urllib.request
 
     return urllib.request

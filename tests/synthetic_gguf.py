@@ -98,7 +98,7 @@ def write_synthetic_gguf(
     # two real merges, then pairs of filler tokens (their products never occur in text, so tokenizing is
     # unchanged; they make the header and the tokenizer's load as big as the real vocabulary's)
     extra = [f"{fillers[i % filler]} {fillers[(i + 1) % filler]}" for i in range(max(0, shape.merges - 2))]
-    writer.add_token_merges(["Ġ t", "h e", *extra][: max(shape.merges, 2)])
+    writer.add_token_merges(["Ġ t", "h e", *extra])
     writer.add_eos_token_id(len(tokens) - 1)
     writer.add_bos_token_id(len(tokens) - 3)
     writer.add_add_bos_token(False)
