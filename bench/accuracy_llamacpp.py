@@ -28,8 +28,8 @@ from pathlib import Path
 
 from bench._report import update_section  # noqa: E402
 from qwen_deploy.engines import llamacpp
-from qwen_deploy.hardware import probe
-from qwen_deploy.model import spec_from_gguf
+from qwen_deploy.hardware.probe import probe
+from qwen_deploy.model.gguf import spec_from_gguf
 from qwen_deploy.planner import Request, plan
 from tests.engine_harness import free_port, peak_rss_bytes, running_server
 from tests.real_models import GEMMA3, SMOLLM2, fetch
@@ -55,8 +55,8 @@ def measure(model_path: Path, n_ctx: int, kv: str, flash_attn: bool, workdir: Pa
         raise RuntimeError(p.candidates[0].reason)
     est = choice.memory
     if not flash_attn:  # re-plan the same candidate without flash attention
-        from qwen_deploy.memory import llamacpp_repack
-        from qwen_deploy.planner import llamacpp_estimate
+        from qwen_deploy.engines.llamacpp.memory import llamacpp_repack
+        from qwen_deploy.engines.llamacpp.plan import estimate as llamacpp_estimate
 
         repack = llamacpp_repack(choice.artifact.tensors, hw.cpu.flags)
         est = llamacpp_estimate(spec, choice.artifact.weights_bytes, repack, est.budget_bytes, n_ctx, kv, False)

@@ -23,7 +23,8 @@ import yaml
 
 from bench._report import ROOT, update_section  # noqa: E402
 from qwen_deploy import memory
-from qwen_deploy.model import load_profile
+from qwen_deploy.engines.vllm import memory as vm
+from qwen_deploy.model.profiles import load_profile
 
 GiB = 1024**3
 
@@ -50,7 +51,7 @@ def predict(record: dict, geo: tuple) -> memory.MemoryEstimate:
     layers, hidden, inter, heads, kv_heads, head_dim, vocab, max_pos = geo
     total_gib = record["gpu_total_gib"] or GPU_TOTAL_GIB.get(record["gpu"])
     v0 = str(record.get("engine_mode", "")).startswith("V0")
-    return memory.vllm_memory(
+    return vm.vllm_memory(
         layers=layers,
         kv_heads=kv_heads,
         head_dim=head_dim,
@@ -60,7 +61,7 @@ def predict(record: dict, geo: tuple) -> memory.MemoryEstimate:
         max_position=max_pos,
         checkpoint_bytes=0,
         weights_override_bytes=round(record["weights_gib"] * GiB),
-        config=memory.VllmConfig(
+        config=vm.VllmConfig(
             gpu_total_bytes=round(total_gib * GiB),
             gpu_name=record["gpu"] or "",
             gpu_memory_utilization=record["gpu_memory_utilization"],
@@ -110,8 +111,8 @@ def main() -> None:
     )
     # V1 checks: weights and block arithmetic for Qwen3-4B-Instruct-2507 (calibration vllm-13, vllm-15).
     qwen = load_profile("qwen3-4b-instruct-2507")
-    loaded = memory.vllm_loaded_weights(qwen.artifact("vllm", "bf16").weights_bytes, 1, qwen.max_context, qwen.head_dim)
-    blocks = int(34.72 * GiB) // (memory.VLLM_BLOCK_SIZE * memory.kv_bytes_per_token(36, 8, 128, "auto"))
+    loaded = vm.vllm_loaded_weights(qwen.artifact("safetensors", "bf16").weights_bytes, 1, qwen.max_context, qwen.head_dim)
+    blocks = int(34.72 * GiB) // (vm.VLLM_BLOCK_SIZE * memory.kv_bytes_per_token(36, 8, 128, "auto"))
     lines.append(
         f"\nV1, Qwen3-4B-Instruct-2507: predicted 'Model loading took' {loaded / GiB:.4f} GiB vs logged 7.6065 GiB "
         f"(vllm-13) and 7.61 GiB (vllm-15): {(loaded / GiB - 7.6065) / 7.6065 * 100:+.2f}%. "

@@ -70,9 +70,9 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     from qwen_deploy.client import free_port
-    from qwen_deploy.hardware import probe
+    from qwen_deploy.hardware.probe import probe
     from qwen_deploy.launch import build_argv
-    from qwen_deploy.model import spec_from_gguf
+    from qwen_deploy.model.gguf import spec_from_gguf
     from qwen_deploy.planner import Request, plan
     from tests.real_models import GEMMA3, SMOLLM2, fetch
 

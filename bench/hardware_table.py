@@ -11,8 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qwen_deploy.hardware import CPU, Disk, Hardware, Memory, simulate  # noqa: E402
-from qwen_deploy.model import load_profile  # noqa: E402
+from qwen_deploy.hardware.catalog import simulate
+from qwen_deploy.hardware.types import CPU, Disk, Hardware, Memory  # noqa: E402
+from qwen_deploy.model.profiles import load_profile  # noqa: E402
 from qwen_deploy.planner import Request, nothing_fits_message, plan  # noqa: E402
 from qwen_deploy.units import format_size  # noqa: E402
 

@@ -34,8 +34,8 @@ def raw_engine(model: Path, port: int, workdir: Path, context: int | None = None
     """The plan's argv started by hand (Popen), polled by launch.wait_ready: seconds from spawn to ready."""
     from qwen_deploy import launch
     from qwen_deploy.engines import llamacpp
-    from qwen_deploy.hardware import probe
-    from qwen_deploy.model import spec_from_gguf
+    from qwen_deploy.hardware.probe import probe
+    from qwen_deploy.model.gguf import spec_from_gguf
     from qwen_deploy.planner import Request, plan
 
     p = plan(spec_from_gguf(model), probe(), Request(port=port, context=context or "auto"))

@@ -22,16 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwen_deploy.client import Endpoint, HTTPFailure, env_api_key
+from qwen_deploy.client import Endpoint, HTTPFailure, NotOpenAI, completion_text, env_api_key, parse_url, read_api_key
 from qwen_deploy.errors import QwenDeployError, UsageError
 
-EXIT_FAILED = 5  # verify ran and the context did not serve (documented in README)
 FILLER = "Note {i}: the weather report for day {i} was mild, with light wind and no rain at all.\n"
 NEEDLE_WORDS = ("PELICAN", "MARIGOLD", "TANGERINE", "OBSIDIAN", "CORMORANT", "SAFFRON", "HALIBUT", "JUNIPER")
-
-
-class VerifyFailed(QwenDeployError):
-    exit_code = EXIT_FAILED
 
 
 @dataclass(frozen=True)
@@ -52,10 +47,7 @@ class Target:
 
 def resolve_target(name: str | None, url: str | None, model: str | None, api_key_file: str | None) -> Target:
     """--name (a server `up` started) or --url (any server): base URL, model, key, context and plan."""
-    from urllib.parse import urlsplit
-
     from qwen_deploy import state
-    from qwen_deploy.launch import read_api_key
 
     if bool(name) == bool(url):
         raise UsageError("pass --name NAME (a server started by `up`) or --url http://HOST:PORT.")
@@ -70,13 +62,10 @@ def resolve_target(name: str | None, url: str | None, model: str | None, api_key
         api_key_file = api_key_file or record.api_key_file
         try:
             plan = json.loads(Path(record.plan).read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):
             plan = None
     else:
-        parts = urlsplit(str(url))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--url must look like http://HOST:PORT, not {url!r}.")
-        base = f"{parts.scheme}://{parts.netloc}"
+        base = parse_url(str(url))
     key = read_api_key(api_key_file) if api_key_file else env_api_key()
     endpoint = Endpoint(base, key)
     try:
@@ -110,22 +99,28 @@ def count_tokens(target: Target, text: str) -> int:
     """Tokens in `text` by the server's own tokenizer: llama-cpp-python's /extras/tokenize/count, vLLM's
     /tokenize (a count), or llama-server's /tokenize (the tokens)."""
     endpoint = target.endpoint
+
+    def count(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= len(text) + 16:
+            raise TypeError("not a token count")  # a tokenizer gives at most about a token per character
+        return value
+
     try:
-        return int(
+        return count(
             endpoint.post("/extras/tokenize/count", {"input": text, "model": target.model}, timeout=120)["count"]
         )
-    except (HTTPFailure, KeyError, TypeError):
+    except (HTTPFailure, KeyError, TypeError, IndexError):
         pass
     try:
-        return int(endpoint.post("/tokenize", {"model": target.model, "prompt": text}, timeout=120)["count"])
-    except (HTTPFailure, KeyError, TypeError):
+        return count(endpoint.post("/tokenize", {"model": target.model, "prompt": text}, timeout=120)["count"])
+    except (HTTPFailure, KeyError, TypeError, IndexError):
         pass
     try:  # llama.cpp's own llama-server
         tokens = endpoint.post("/tokenize", {"content": text}, timeout=120)["tokens"]
-        if tokens or not text:
-            return len(tokens)
+        if isinstance(tokens, list) and (tokens or not text):
+            return count(len(tokens))
         raise KeyError("tokens")  # an empty list for a non-empty text: not a tokenizer answer
-    except (HTTPFailure, KeyError, TypeError):
+    except (HTTPFailure, KeyError, TypeError, IndexError):
         raise QwenDeployError(
             f"{target.base} has no tokenizer endpoint (/extras/tokenize/count or /tokenize); "
             "verify needs the server's own token counts."
@@ -137,9 +132,18 @@ def filler(lines: int, start: int = 0) -> str:
 
 
 def fit_lines(count: Callable[[str], int], build: Callable[[int], str], budget: int) -> tuple[str, int]:
-    """The longest build(n) whose token count is at most `budget` (binary search on n; counts grow with n)."""
+    """The longest build(n) whose token count is at most `budget` (binary search on n; counts grow with n).
+
+    Bounded: every piece build() adds is at least one token for any real tokenizer, so n never needs to pass
+    budget + 1; a server whose counts stay flat as the text grows is not counting tokens, and that is an
+    error rather than a prompt doubled until memory runs out."""
     low, high = 0, 1
     while count(build(high)) <= budget:
+        if high > budget:
+            raise NotOpenAI(
+                f"the server's tokenizer counts {high:,} pieces of text as at most {budget:,} tokens: its token "
+                "counts do not grow with the text, so the context cannot be filled by them."
+            )
         low, high = high, high * 2
     while high - low > 1:
         mid = (low + high) // 2
@@ -170,12 +174,18 @@ def run_verify(
         raise UsageError("--margin must be a fraction between 0 and 0.5, such as 0.02.")
     endpoint = target.endpoint
     # the chat template's own tokens: what a one-word message costs beyond the word
-    probe = endpoint.post(
-        "/v1/chat/completions",
-        {"model": target.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
-        timeout=120,
-    )
-    overhead = max(0, int(probe["usage"]["prompt_tokens"]) - count_tokens(target, "Hi"))
+    try:
+        probe = endpoint.post_json(
+            "/v1/chat/completions",
+            {"model": target.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+            timeout=120,
+        )
+    except HTTPFailure as exc:
+        raise QwenDeployError(f"{target.base} did not answer a one-token chat completion: {exc}.") from None
+    used = (probe.get("usage") or {}).get("prompt_tokens") if isinstance(probe.get("usage"), dict) else None
+    if isinstance(used, bool) or not isinstance(used, int) or not 0 <= used <= context:
+        raise NotOpenAI(f"{target.base} is not an OpenAI-compatible server: its answer has no usage.prompt_tokens.")
+    overhead = max(0, used - count_tokens(target, "Hi"))
     slack = max(8, math.ceil(margin * context / 2))
     budget = context - answer_tokens - overhead - slack
     word = NEEDLE_WORDS[context % len(NEEDLE_WORDS)]
@@ -217,10 +227,11 @@ def run_verify(
         result.update(passed=False, prompt_tokens=text_tokens + overhead, error=str(exc))
         result["seconds"] = round(time.monotonic() - started, 2)
         return result
-    content = str(answer["choices"][0]["message"].get("content") or "")
-    usage = answer.get("usage") or {}
-    prompt_tokens = int(usage.get("prompt_tokens") or text_tokens + overhead)
-    completion = int(usage.get("completion_tokens") or 0)
+    content = completion_text(answer, chat=True)
+    usage = answer.get("usage") if isinstance(answer, dict) and isinstance(answer.get("usage"), dict) else {}
+    reported, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    prompt_tokens = reported if isinstance(reported, int) and 0 < reported <= 2 * context else text_tokens + overhead
+    completion = completion if isinstance(completion, int) and 0 <= completion <= 10 * answer_tokens else 0
     filled = (prompt_tokens + answer_tokens) / context
     checks = {
         "accepted": True,
@@ -275,7 +286,7 @@ async def _stream_one(client: Any, target: Target, prompt: str, max_tokens: int,
             if response.status_code != 200:
                 detail = (await response.aread())[:200].decode(errors="replace")
                 return Reply(ok=False, error=f"HTTP {response.status_code}: {detail}")
-            async for line in response.aiter_lines():
+            async for line in _lines(response):
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -304,6 +315,24 @@ async def _stream_one(client: Any, target: Target, prompt: str, max_tokens: int,
     return reply
 
 
+MAX_STREAM_LINE = 1024**2  # an event line of a streamed answer; a server sending more without a newline is cut off
+
+
+async def _lines(response: Any):
+    """The lines of a streamed answer, each at most MAX_STREAM_LINE bytes (httpx's own line reader would keep
+    buffering a line that never ends)."""
+    pending = b""
+    async for chunk in response.aiter_bytes():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode(errors="replace")
+        if len(pending) > MAX_STREAM_LINE:
+            raise ValueError(f"a streamed line longer than {MAX_STREAM_LINE:,} bytes")
+    if pending:
+        yield pending.decode(errors="replace")
+
+
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -324,7 +353,9 @@ async def _run_level(
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     queue = list(range(n_requests))
     replies: list[Reply] = []
-    async with httpx.AsyncClient(base_url=target.base, headers=headers, timeout=timeout_s, limits=limits) as client:
+    # no redirects (httpx's default) and no proxy from the environment: the key goes to this server only
+    client_options = {"headers": headers, "timeout": timeout_s, "limits": limits, "trust_env": False}
+    async with httpx.AsyncClient(base_url=target.base, follow_redirects=False, **client_options) as client:
 
         async def worker() -> None:
             while queue:
@@ -415,13 +446,22 @@ def _plan_summary(target: Target) -> dict[str, Any] | None:
     choice = (target.plan or {}).get("choice") if target.plan else None
     if not choice:
         return None
-    return {
+    summary = {
         "engine": choice.get("engine"),
         "context": choice.get("context"),
         "concurrency": choice.get("concurrency"),
         "kv_capacity_tokens": (choice.get("memory") or {}).get("kv_capacity_tokens"),
         "decode_tokens_per_s": choice.get("decode_tokens_per_s"),
     }
+    try:
+        from qwen_deploy import engines
+
+        summary["serving"] = engines.get(str(summary["engine"])).describe_serving(
+            int(summary["context"]), float(summary["concurrency"]), int(summary["kv_capacity_tokens"])
+        )
+    except (QwenDeployError, TypeError, ValueError):
+        summary["serving"] = None
+    return summary
 
 
 def progress_printer(stream=None) -> Callable[[str], None]:

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from qwen_deploy.errors import QwenDeployError, UsageError
-from qwen_deploy.model import Artifact, ModelSpec, hub_repo_folder
+from qwen_deploy.model.resolve import hub_repo_folder
+from qwen_deploy.model.types import Artifact, ModelSpec
 from qwen_deploy.units import format_size
 
 # Head-room kept free on the disk after a download (logs, the partial file's rename, other programs).
@@ -121,13 +122,34 @@ def fetch_snapshot(art: Artifact, cache: Path) -> str:
     return art.repo
 
 
+def fetch(art: Artifact, cache: Path) -> str:
+    """What the engine loads for an artifact, by its format: a GGUF file's local path, or a checkpoint's
+    folder or repo id once its files are in the shared cache."""
+    if art.format == "gguf":
+        return str(fetch_gguf(art, cache))
+    if art.format == "safetensors":
+        return fetch_snapshot(art, cache)
+    raise UsageError(f"qwen-deploy cannot fetch {art.format} artifacts ({art.repo}).")
+
+
+def check(fmt: str, path: Path, model: ModelSpec) -> ModelSpec | None:
+    """Check a local model file against the plan's model before an engine gets it: a GGUF's header
+    (returning the file's own spec; a plan made from this very file is not read again). A checkpoint is
+    read by its engine."""
+    if fmt != "gguf":
+        return None
+    if model.source.endswith(".gguf") and Path(model.source).resolve() == path.resolve():
+        return model
+    return check_gguf(path, model)
+
+
 def check_gguf(path: Path, model: ModelSpec) -> ModelSpec:
     """Read the GGUF header and tensor table and check it is the model the plan is for.
 
     Raises UsageError naming the file when it is unreadable, truncated or a different model; returns
     the file's own spec.
     """
-    from qwen_deploy.model import spec_from_gguf
+    from qwen_deploy.model.gguf import spec_from_gguf
 
     if not path.is_file():
         raise UsageError(f"model file {str(path)!r} does not exist.")

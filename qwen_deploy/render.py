@@ -1,18 +1,15 @@
 """Plan -> deployment files: a systemd unit, a docker-compose file, Kubernetes manifests, and values for the
-vLLM production-stack Helm chart. Rendering returns text; writing files is a separate step (atomic).
+vLLM production-stack Helm chart. Rendering returns text; writing files is a separate step (atomic, all or
+nothing). Engine-agnostic: the candidate's engine gives the argv, the container image and flags, and the
+unit's switches.
 
 One Jinja2 environment with StrictUndefined renders templates/. Nothing from a user or a file reaches a
 template unquoted: YAML scalars go through `yaml` (JSON-quoted: a newline, quote, `#`, `:` or `{` cannot
 break out), systemd arguments through `systemd_arg` (quoted, with `%` -> `%%`, `$` -> `$$`, `\\` and `"`
 escaped), and control characters are refused outright with the field's name.
 
-Images and why:
-- GPU plans: vllm/vllm-openai at the vLLM release the memory rules come from (0.33.0); its entrypoint is
-  `vllm serve`, so the plan's flags follow the model.
-- CPU plans: the official llama.cpp server image (ghcr.io/ggml-org/llama.cpp:server) with the plan translated
-  to llama-server's own flags. It is maintained upstream, has a real /health (503 while loading), curl for
-  health checks, and picks the best CPU variant at run time; a llama-cpp-python image would have to be built
-  by the user. Its llama.cpp is newer than llama-cpp-python 0.3.36's, so buffers can differ by a few percent.
+Exposure: a server bound beyond loopback needs its API key file (the unit's EnvironmentFile=, the compose
+env_file are then required, so it does not start without one) unless the user says --insecure-no-api-key.
 """
 
 from __future__ import annotations
@@ -22,29 +19,18 @@ import math
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from qwen_deploy.errors import UsageError
-from qwen_deploy.planner import Candidate, Plan
+from qwen_deploy.candidates import Candidate, Plan
+from qwen_deploy.client import connect_host, is_loopback, url_for
+from qwen_deploy.engines.base import MEMORY_LIMIT_FACTOR
+from qwen_deploy.errors import ModelNotHere, UsageError
 
 KINDS = ("systemd", "compose", "k8s", "helm-values")
-VLLM_IMAGE = "vllm/vllm-openai:v0.33.0"
-VLLM_CONTAINER_PORT = 8000
-VLLM_UID = 2000  # the image's `vllm` user (docs/deployment/docker.md, non-root use)
-LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server"
-LLAMACPP_CONTAINER_PORT = 8080  # llama-server's default, and the image's HEALTHCHECK port
-LLAMACPP_UID = 1000  # the image has no USER; any non-root uid runs /app/llama-server
-KV_NAMES = {1: "f16", 8: "q8_0", 2: "q4_0", 0: "f32", 30: "bf16"}
-# Head-room over the plan's total for memory limits: the plan is the predicted peak (BENCHMARKS.md: never
-# below the measured peak, at most ~20% above), a limit needs slack for page cache and allocator growth.
-MEMORY_LIMIT_FACTOR = 1.25
-HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 SAFE_ARG_RE = re.compile(r"^[A-Za-z0-9_./:=,+@-]+$")
-
-
-class ModelNotHere(UsageError):
-    """A systemd unit runs the model from this machine, and the model file is not on it."""
+CONTAINER_MODEL_DIR = "/model"  # where compose mounts a local model file's folder (read-only)
+CACHE_DIR = "/models"  # the model-cache volume (downloads, compile caches)
 
 
 @dataclass(frozen=True)
@@ -54,11 +40,12 @@ class RenderOptions:
     port: int = 8000
     replicas: int | None = None
     user_unit: bool = False
-    model_path: str | None = None  # a local model file/folder (systemd needs one for llama.cpp)
-    python: str = sys.executable  # the interpreter whose llama_cpp / qwen_deploy the unit runs
+    model_path: str | None = None  # a local model file/folder (systemd needs one for GGUF engines)
+    python: str = sys.executable  # the interpreter whose engine / qwen_deploy the unit runs
     ui: bool = False  # also the Chainlit chat page (`qwen-deploy ui`) as a service beside the server
     ui_port: int = 8501
     source_dir: str | None = None  # a qwen-deploy source checkout, to build the page's image from
+    insecure_no_api_key: bool = False  # allow a non-loopback bind without a required key file
 
 
 # ----------------------------------------------------------------------------- quoting
@@ -105,15 +92,8 @@ def systemd_env(name: str, value: Any) -> str:
 # ----------------------------------------------------------------------------- facts from the plan
 
 
-def memory_limit_mib(c: Candidate) -> int:
-    return math.ceil(c.memory.total_bytes * MEMORY_LIMIT_FACTOR / 1024**2)
-
-
-def host_memory_gib(c: Candidate) -> int:
-    """Host RAM a vLLM pod asks for: its share of the checkpoint (read through the page cache while loading)
-    plus 2 GiB for the Python process and CUDA's pinned buffers. An estimate: vLLM's host memory is not
-    modelled by the planner."""
-    return max(4, math.ceil(c.artifact.weights_bytes / c.tensor_parallel_size / 1024**3) + 2)
+def mib(n_bytes: int) -> int:
+    return math.ceil(n_bytes / 1024**2)
 
 
 def cache_storage_gib(c: Candidate) -> int:
@@ -131,44 +111,6 @@ def load_timeout_s(c: Candidate, download: bool = False) -> int:
 
     extra = (c.artifact.download_bytes or c.artifact.weights_bytes) / DOWNLOAD_BYTES_PER_S if download else 0
     return math.ceil(default_timeout(c) + extra)
-
-
-def llama_server_args(c: Candidate, model_args: list[str], port: int) -> list[str]:
-    """The plan in llama-server's own flags (common/arg.cpp). --parallel 1: the plan holds one full-length
-    request (llama-server's default is 4 slots sharing one cache). --load-mode none when the plan turns mmap
-    off (repacked weights held once); recent llama-server replaced --no-mmap with it."""
-    a = c.engine_args
-    args = [
-        *model_args,
-        "--alias", c.served_name,
-        "--host", "0.0.0.0",
-        "--port", str(port),
-        "--ctx-size", str(a["n_ctx"]),
-        "--batch-size", str(a["n_batch"]),
-        "--ubatch-size", str(a["n_ubatch"]),
-        "--threads", str(a["n_threads"]),
-        "--threads-batch", str(a["n_threads_batch"]),
-        "--flash-attn", "on" if a["flash_attn"] else "off",
-        "--cache-type-k", KV_NAMES[int(a["type_k"])],
-        "--cache-type-v", KV_NAMES[int(a["type_v"])],
-        "--parallel", "1",
-        "--n-gpu-layers", "0",
-        "--jinja",
-    ]  # fmt: skip
-    if not a.get("use_mmap", True):
-        args += ["--load-mode", "none"]
-    return args
-
-
-def vllm_container_args(c: Candidate, per_pod: bool) -> list[str]:
-    """`vllm serve` flags after the image's entrypoint, bound to 0.0.0.0:8000 inside the container. For
-    Kubernetes (per_pod) data parallelism becomes pod replicas instead of --data-parallel-size."""
-    args = [str(c.artifact.repo)]
-    for flag, value in c.engine_args.items():
-        if flag in ("model", "host", "port") or (per_pod and flag == "data-parallel-size"):
-            continue
-        args += [f"--{flag}", str(value)]
-    return [*args, "--host", "0.0.0.0", "--port", str(VLLM_CONTAINER_PORT)]
 
 
 def dns_label(name: str) -> str:
@@ -197,22 +139,26 @@ def _check_plan_values(p: Plan, c: Candidate) -> None:
     for key, value in c.engine_args.items():
         check_text(value, f"engine_args.{key}")
     check_text(p.model.id, "model id")
-    if c.engine == "vllm" and not c.artifact.path and not HF_REPO_RE.match(c.artifact.repo):
-        raise UsageError(f"model repo {c.artifact.repo!r} is not a Hugging Face repo id (ORG/NAME).")
+    c.engine_impl.check_artifact(c)
     if c.artifact.file:
         check_text(c.artifact.file, "model file")
+
+
+def _key_required(o: RenderOptions) -> bool:
+    """A server reachable from other machines must not start without its key file."""
+    return not is_loopback(o.host) and not o.insecure_no_api_key
 
 
 # ----------------------------------------------------------------------------- rendering
 
 
-def _env():
+def _env(extra: Path | None = None):
     import jinja2
 
     from qwen_deploy.resources import templates_dir
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        loader=jinja2.FileSystemLoader([str(templates_dir())] + ([str(extra.parent)] if extra else [])),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -235,12 +181,17 @@ def _readable_by_others(path: Path) -> bool:
     return True
 
 
-def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, str]:
-    from qwen_deploy.launch import _connect_host, build_argv
+def _hidden_by_private_tmp(path: Path) -> bool:
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(tmp) for tmp in (Path("/tmp"), Path("/var/tmp")))
 
+
+def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, str]:
     c = p.choice
     assert c is not None
-    if c.engine == "llamacpp":
+    engine = c.engine_impl
+    unit = engine.unit_settings(c, o.user_unit)
+    if "gguf" in engine.formats and c.artifact.format == "gguf":
         model = o.model_path or c.artifact.path
         if not model or not Path(model).is_file():
             raise ModelNotHere(
@@ -250,24 +201,30 @@ def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
                 + ", or run `qwen-deploy up` once), or pass --model-file PATH."
             )
         model = str(Path(model).resolve())
+        local = True
     else:
-        model = o.model_path or c.artifact.repo
-    argv = list(build_argv(c, model, o.host, o.port))
-    # the interpreter (llama.cpp) or the `vllm` script of the environment qwen-deploy is installed in
-    argv[0] = o.python if c.engine == "llamacpp" else str(Path(o.python).parent / "vllm")
+        model = o.model_path or c.model_ref
+        local = bool(o.model_path or c.artifact.path)
+    argv = list(engine.command(c.at(model_path=model if local else None, host=o.host, port=o.port), python=o.python))
+    for path, what in [(Path(o.python), "the Python environment")] + ([(Path(model), "the model")] if local else []):
+        if _hidden_by_private_tmp(path):
+            warnings.append(
+                f"{what} ({path}) lies under /tmp or /var/tmp, which the unit's PrivateTmp=yes hides: the service "
+                "would not find it. Move it (e.g. to /opt/qwen-deploy or /var/lib/qwen-deploy) and render again."
+            )
     if not o.user_unit and not _readable_by_others(Path(o.python).resolve()):
         warnings.append(
             f"{o.python} is not readable by other users, and the system unit runs as its own (dynamic) user: "
             "install qwen-deploy in a world-readable place (e.g. /opt/qwen-deploy) or render --user."
         )
-    # vLLM downloads the checkpoint on its first start: allow for that too
-    timeout = load_timeout_s(c, download=c.engine == "vllm" and not o.model_path)
+    # the engine may download its checkpoint on its first start: allow for that too
+    timeout = load_timeout_s(c, download=unit["downloads"] and not local)
     wait = [
-        o.python, "-m", "qwen_deploy", "wait", "--url", f"http://{_connect_host(o.host)}:{o.port}",
+        o.python, "-m", "qwen_deploy", "wait", "--url", url_for(o.host, o.port),
         "--model", c.served_name, "--timeout", str(timeout),
     ]  # fmt: skip
-    under_home = c.engine == "llamacpp" and (Path(model).is_relative_to("/root") or Path(model).is_relative_to("/home"))
-    if c.engine == "llamacpp" and not o.user_unit and not _readable_by_others(Path(model)):
+    under_home = local and (Path(model).is_relative_to("/root") or Path(model).is_relative_to("/home"))
+    if local and not o.user_unit and not _readable_by_others(Path(model)):
         warnings.append(
             f"{model} is not readable by other users, and the system unit runs as its own (dynamic) user: "
             "copy the model to a world-readable place (e.g. /var/lib/qwen-deploy/models) or render --user."
@@ -278,21 +235,24 @@ def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
         "exec_start": argv,
         "exec_start_post": wait,
         "env_file": (f"%h/.config/qwen-deploy/{o.name}.env" if o.user_unit else f"/etc/qwen-deploy/{o.name}.env"),
-        "key_var": "API_KEY" if c.engine == "llamacpp" else "VLLM_API_KEY",
+        "env_file_required": _key_required(o),
+        "key_var": engine.api_key_env,
         "timeout_s": timeout,
         "user_unit": o.user_unit,
         "gpu": c.device == "gpu",
-        "memory_max_mib": memory_limit_mib(c) if c.device == "cpu" else None,
+        "memory_max_mib": mib(math.ceil(c.memory.total_bytes * MEMORY_LIMIT_FACTOR)) if unit["memory_max"] else None,
         "protect_home": "read-only" if under_home or o.user_unit else "yes",
-        "vllm": c.engine == "vllm",
-        # vLLM writes the HF cache (downloads) and its own compile cache: CacheDirectory= (system), or the
-        # user's own HF cache (user units; '-': no error while it does not exist yet)
-        "read_write_paths": ["-%C/huggingface"] if c.engine == "vllm" and o.user_unit else [],
+        "cache_env": unit["cache_env"],
+        "downloads": unit["downloads"] and not local,
+        # a user unit's engine writes the user's own HF cache ('-': no error while it does not exist yet)
+        "read_write_paths": ["-%C/huggingface"] if unit["writes_hf_cache"] and o.user_unit else [],
+        # /proc beyond the unit's own processes: GPU engines read /proc/meminfo and the driver's files
+        "proc_subset_pid": c.device == "cpu",
     }
     files = {f"{o.name}.service": _env().get_template("systemd.service.j2").render(**context)}
     if o.ui:
         ui_args = [
-            o.python, "-m", "qwen_deploy", "ui", "--url", f"http://{_connect_host(o.host)}:{o.port}",
+            o.python, "-m", "qwen_deploy", "ui", "--url", url_for(o.host, o.port),
             "--model", c.served_name, "--context", str(c.context), "--host", "127.0.0.1", "--port", str(o.ui_port),
         ]  # fmt: skip
         files[f"{o.name}-ui.service"] = (
@@ -303,50 +263,52 @@ def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
     return files
 
 
+def _local_model(c: Candidate, o: RenderOptions) -> Path | None:
+    path = o.model_path or c.artifact.path
+    return Path(path).expanduser().resolve() if path else None
+
+
 def render_compose(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, str]:
     c = p.choice
     assert c is not None
+    engine = c.engine_impl
+    local = _local_model(c, o)
+    mounts: list[dict[str, Any]] = []
+    in_container = None
+    if local is not None:
+        # a file: its folder is mounted and the file named inside it; a checkpoint folder: mounted as it is
+        folder, inner = (
+            (local.parent, PurePosixPath(CONTAINER_MODEL_DIR) / local.name)
+            if local.is_file()
+            else (local, PurePosixPath(CONTAINER_MODEL_DIR))
+        )
+        mounts.append({"source": str(folder), "target": CONTAINER_MODEL_DIR})
+        in_container = str(inner)
+        if not _readable_by_others(local):
+            warnings.append(f"{local} is not readable by other users; the container runs as a non-root user.")
+    box = engine.container(c, in_container)
     publish_host = o.host if o.host not in ("0.0.0.0", "::") else ""
-    if c.engine == "llamacpp":
-        if o.model_path:
-            model_args = ["--model", f"/models/{Path(o.model_path).name}"]
-            volumes = [f"{Path(o.model_path).resolve().parent}:/models:ro"]
-        else:
-            model_args = ["--hf-repo", c.artifact.repo, "--hf-file", str(c.artifact.file)]
-            volumes = ["hf-cache:/root/.cache/huggingface"]
-        service = {
-            "image": LLAMACPP_IMAGE,
-            "command": llama_server_args(c, model_args, LLAMACPP_CONTAINER_PORT),
-            "container_port": LLAMACPP_CONTAINER_PORT,
-            "volumes": volumes,
-            "named_volume": not o.model_path,
-            "memory_mib": memory_limit_mib(c),
-            "gpus": 0,
-            "key_var": "LLAMA_API_KEY",
-            # llama-server's -hf downloads go to $LLAMA_CACHE (HF hub layout): keep them on the volume
-            "environment": {} if o.model_path else {"LLAMA_CACHE": "/root/.cache/huggingface/hub"},
-        }
-    else:
-        service = {
-            "image": VLLM_IMAGE,
-            "command": vllm_container_args(c, per_pod=False),
-            "container_port": VLLM_CONTAINER_PORT,
-            "volumes": ["hf-cache:/root/.cache/huggingface"],
-            "named_volume": True,
-            "memory_mib": None,
-            "gpus": c.tensor_parallel_size * c.replicas,
-            "key_var": "VLLM_API_KEY",
-            "environment": {},
-        }
     name = _container_name(o, warnings)
     context = {
         "name": name,
         "model_id": p.model.id,
         "label": c.label(),
         "context": c.context,
-        "publish": (f"{publish_host}:" if publish_host else "") + f"{o.port}:{service['container_port']}",
-        "start_period_s": load_timeout_s(c, download=c.engine == "vllm" or not o.model_path),
-        **service,
+        "publish": (f"{publish_host}:" if publish_host else "") + f"{o.port}:{box.port}",
+        "start_period_s": load_timeout_s(c, download=box.downloads),
+        "image": box.image,
+        "command": box.args,
+        "container_port": box.port,
+        "uid": box.uid,
+        "binds": mounts,
+        "cache_dir": CACHE_DIR,
+        "environment": box.env,
+        "memory_mib": mib(box.memory_limit_bytes) if box.memory_limit_bytes and not box.gpus else None,
+        "gpus": box.gpus,
+        "shm": box.shm,
+        "key_var": box.key_var,
+        "health_path": box.health_path,
+        "env_file_required": _key_required(o),
     }
     ui = None
     if o.ui:
@@ -354,7 +316,7 @@ def render_compose(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
             ui = {
                 "context": o.source_dir,
                 "args": [
-                    "--url", f"http://{dns_label(o.name)}:{service['container_port']}", "--model", c.served_name,
+                    "--url", f"http://{name}:{box.port}", "--model", c.served_name,
                     "--context", str(c.context), "--host", "0.0.0.0", "--port", str(o.ui_port),
                 ],
                 "publish": (f"{publish_host}:" if publish_host else "") + f"{o.ui_port}:{o.ui_port}",
@@ -371,38 +333,18 @@ def render_compose(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
 def render_k8s(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, str]:
     c = p.choice
     assert c is not None
-    replicas = o.replicas or (c.replicas if c.engine == "vllm" else 1)
-    if c.engine == "llamacpp":
-        container = {
-            "image": LLAMACPP_IMAGE,
-            "args": llama_server_args(
-                c, ["--hf-repo", c.artifact.repo, "--hf-file", str(c.artifact.file)], LLAMACPP_CONTAINER_PORT
-            ),
-            "port": LLAMACPP_CONTAINER_PORT,
-            "uid": LLAMACPP_UID,
-            "env": {"LLAMA_CACHE": "/models/hub", "HOME": "/tmp"},
-            "key_var": "LLAMA_API_KEY",
-            "cpu": str(c.engine_args["n_threads"]),
-            "memory": f"{math.ceil(c.memory.total_bytes / 1024**2)}Mi",  # the plan's predicted peak
-            "memory_limit": f"{memory_limit_mib(c)}Mi",
-            "gpus": 0,
-            "read_only_root": True,
-        }
-    else:
-        container = {
-            "image": VLLM_IMAGE,
-            "args": vllm_container_args(c, per_pod=True),
-            "port": VLLM_CONTAINER_PORT,
-            "uid": VLLM_UID,
-            "env": {"HF_HOME": "/models/hf", "VLLM_CACHE_ROOT": "/models/vllm", "HOME": "/tmp"},
-            "key_var": "VLLM_API_KEY",
-            "cpu": "4",
-            "memory": f"{host_memory_gib(c)}Gi",
-            "memory_limit": f"{2 * host_memory_gib(c)}Gi",
-            "gpus": c.tensor_parallel_size,
-            "read_only_root": False,  # vLLM writes torch.compile and Triton caches beside its code
-        }
-    timeout = load_timeout_s(c, download=True)
+    replicas = o.replicas or c.replicas
+    local = _local_model(c, o)
+    in_volume = None
+    if local is not None:
+        # a cluster cannot see this machine's files: the model goes into the model-cache volume
+        in_volume = str(PurePosixPath(CACHE_DIR) / local.name)
+        warnings.append(
+            f"the pods read {local.name} from their model-cache volume ({in_volume}): copy it there first, e.g. "
+            f"`kubectl cp {local} POD:{in_volume}` into a helper pod that mounts the claim."
+        )
+    box = c.engine_impl.container(c, in_volume, all_replicas=False)  # replicas are pods here
+    timeout = load_timeout_s(c, download=box.downloads)
     context = {
         "name": _container_name(o, warnings),
         "model_id": p.model.id,
@@ -413,8 +355,19 @@ def render_k8s(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, str]
         "storage": f"{cache_storage_gib(c)}Gi",
         "access_mode": "ReadWriteOnce" if replicas == 1 else "ReadWriteMany",
         "startup_failures": max(1, math.ceil(timeout / 10)),
-        "vllm": c.engine == "vllm",
-        **container,
+        "image": box.image,
+        "args": box.args,
+        "port": box.port,
+        "uid": box.uid,
+        "env": box.env,
+        "key_var": box.key_var,
+        "cpu": box.cpu,
+        "memory": f"{box.host_memory_gib}Gi" if box.gpus else f"{mib(box.memory_request_bytes or 0)}Mi",
+        "memory_limit": f"{2 * box.host_memory_gib}Gi" if box.gpus else f"{mib(box.memory_limit_bytes or 0)}Mi",
+        "gpus": box.gpus,
+        "read_only_root": box.read_only_root,
+        "shm": box.shm,
+        "health_path": box.health_path,
     }
     if replicas > 1:
         warnings.append(
@@ -427,16 +380,7 @@ def render_k8s(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, str]
 def render_helm_values(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, str]:
     c = p.choice
     assert c is not None
-    if c.engine != "vllm":
-        raise UsageError(
-            "the vLLM production-stack chart serves vLLM on GPUs; this plan is llama.cpp on the CPU. "
-            "Render `k8s` instead, or plan for a GPU (--gpu NAME)."
-        )
-    a = c.engine_args
-    extra = ["--served-model-name", c.served_name, "--kv-cache-dtype", str(a["kv-cache-dtype"])]
-    extra += ["--max-num-batched-tokens", str(a["max-num-batched-tokens"])]
-    if a.get("quantization"):
-        extra += ["--quantization", str(a["quantization"])]
+    values = c.engine_impl.helm_values(c)  # raises for engines the chart does not serve
     replicas = o.replicas or c.replicas
     if replicas > 1:
         warnings.append(
@@ -449,22 +393,13 @@ def render_helm_values(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[s
         "startup_failures": max(1, math.ceil(load_timeout_s(c, download=True) / 10)),
         "model_id": p.model.id,
         "label": c.label(),
-        "repository": VLLM_IMAGE.split(":")[0],
-        "tag": VLLM_IMAGE.split(":")[1],
-        "model_url": c.artifact.repo,
         "replicas": replicas,
-        "request_cpu": 4,
-        "request_memory": f"{host_memory_gib(c)}Gi",
-        "request_gpu": c.tensor_parallel_size,
         "storage": f"{cache_storage_gib(c)}Gi",
-        "max_model_len": c.context,
-        "dtype": a["dtype"],
-        "tp": c.tensor_parallel_size,
-        "gpu_util": a["gpu-memory-utilization"],
-        "max_num_seqs": a["max-num-seqs"],
-        "extra_args": extra,
+        **values,
     }
-    return {"helm-values.yaml": _env().get_template("helm-values.yaml.j2").render(**context)}
+    template = c.engine_impl.helm_template
+    assert template is not None
+    return {"helm-values.yaml": _env(template).get_template(template.name).render(**context)}
 
 
 RENDERERS = {
@@ -473,6 +408,14 @@ RENDERERS = {
     "k8s": render_k8s,
     "helm-values": render_helm_values,
 }
+
+
+def _helm_applies(c: Candidate) -> bool:
+    try:
+        c.engine_impl.helm_values(c)
+    except UsageError:
+        return False
+    return True
 
 
 def render(p: Plan, kind: str, o: RenderOptions) -> tuple[dict[str, str], list[str]]:
@@ -485,9 +428,11 @@ def render(p: Plan, kind: str, o: RenderOptions) -> tuple[dict[str, str], list[s
         raise UsageError("--replicas must be from 1 to 1000.")
     warnings: list[str] = []
     files: dict[str, str] = {}
-    kinds = [k for k in KINDS if k != "helm-values" or p.choice.engine == "vllm"] if kind == "all" else [kind]
-    if kind == "all" and p.choice.engine != "vllm":
-        warnings.append("helm-values skipped: the production-stack chart serves vLLM on GPUs, and this plan is CPU.")
+    helm = _helm_applies(p.choice)
+    kinds = [k for k in KINDS if k != "helm-values" or helm] if kind == "all" else [kind]
+    if kind == "all" and not helm:
+        warnings.append(f"helm-values skipped: the production-stack chart serves vLLM, and this plan runs "
+                        f"{p.choice.engine_impl.label}.")  # fmt: skip
     for k in kinds:
         if k not in RENDERERS:
             raise UsageError(f"cannot render {k!r}: choose one of {', '.join(KINDS)} or all.")
@@ -497,4 +442,7 @@ def render(p: Plan, kind: str, o: RenderOptions) -> tuple[dict[str, str], list[s
             if kind != "all":
                 raise
             warnings.append(f"systemd unit skipped: {exc}")  # the container files download it themselves
+    if not is_loopback(o.host):
+        how = "it does not start without its key file" if not o.insecure_no_api_key else "WITHOUT a required key"
+        warnings.append(f"the server listens on {o.host} ({connect_host(o.host)} from here): {how}.")
     return files, warnings

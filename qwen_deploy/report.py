@@ -7,9 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from qwen_deploy.hardware import Hardware
-from qwen_deploy.memory import LLAMACPP_BYTES_PER_MERGE
-from qwen_deploy.planner import Candidate, Plan, ram_budget
+from qwen_deploy.candidates import Candidate, Plan, ram_budget
+from qwen_deploy.hardware.types import Hardware
 from qwen_deploy.units import format_size
 
 console = Console(highlight=False, soft_wrap=False)
@@ -90,10 +89,10 @@ def print_plan(plan: Plan) -> None:
         console.print(
             f"[bold]choice:[/bold] {plan.choice.label()} at {plan.choice.context:,} tokens — {plan.choice.reason}"
         )
-        print_breakdown(plan.choice)
+        print_breakdown(plan.choice, plan.model.tokenizer_merges)
 
 
-def print_breakdown(c: Candidate) -> None:
+def print_breakdown(c: Candidate, merges: int = 0) -> None:
     m = c.memory
     table = Table(title=f"Memory of the choice ({'per GPU' if c.device == 'gpu' else 'RAM'})", box=None)
     table.add_column("part")
@@ -110,9 +109,8 @@ def print_breakdown(c: Candidate) -> None:
         note = ""
         if name == "compute_resident_bytes" and reserved is not None:
             note = f"of {format_size(reserved)} reserved (one logits row per ubatch)"
-        if name == "tokenizer_merges_bytes" and value:
-            per = LLAMACPP_BYTES_PER_MERGE
-            note = f"{value // per:,} BPE merges × {per} B"
+        if name == "tokenizer_merges_bytes" and value and merges:
+            note = f"{merges:,} BPE merges × {value // merges} B"
         rows.append((name.removesuffix("_bytes").replace("_", " "), value, note))
     rows.append(("KV cache", m.kv_cache_bytes, f"{m.kv_capacity_tokens:,} tokens × {m.kv_bytes_per_token:,} B"))
     rows.append(("total", m.total_bytes, ""))
@@ -135,6 +133,22 @@ def print_models(rows: list[dict[str, Any]]) -> None:
             f"{r['max_context']:,}",
             f"{r['kv_bytes_per_token_16bit']:,} B",
             ", ".join(r["precisions"]),
+        )
+    console.print(table)
+
+
+def print_gpus(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="GPU catalog (--gpu NAME)")
+    for col in ("key", "reported name", "memory", "bandwidth", "compute", "aliases"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["key"],
+            r["name"],
+            format_size(r["memory_total_bytes"]),
+            f"{r['memory_bandwidth_gbps']:g} GB/s",
+            r["compute_capability"] or r["backend"],
+            ", ".join(r["aliases"]),
         )
     console.print(table)
 
@@ -184,19 +198,8 @@ def print_bench(result: dict[str, Any]) -> None:
         )
     console.print(table)
     plan = result.get("plan")
-    if plan:
-        if plan["engine"] == "llamacpp":
-            console.print(
-                f"plan: llama.cpp answers one request at a time (planned concurrency {plan['concurrency']}): "
-                "above 1, requests queue and time to first token grows with the queue; "
-                f"predicted single-stream decode {plan['decode_tokens_per_s']} tok/s."
-            )
-        else:
-            console.print(
-                f"plan: the KV cache holds {plan['kv_capacity_tokens']:,} tokens = {plan['concurrency']} requests "
-                f"of the full {plan['context']:,}-token context at once; predicted single-stream decode "
-                f"{plan['decode_tokens_per_s']} tok/s."
-            )
+    if plan and plan.get("serving"):
+        console.print(f"plan: {plan['serving']}; predicted single-stream decode {plan['decode_tokens_per_s']} tok/s.")
     for level in result["levels"]:
         if level["first_error"]:
             console.print(f"concurrency {level['concurrency']}: first error: {level['first_error']}")

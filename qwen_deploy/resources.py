@@ -1,19 +1,24 @@
-"""Files shipped with the package (profiles/, templates/) and the one YAML reader with friendly errors.
+"""Files shipped with the package (profiles/, templates/), reading a user's files safely, and writing files
+whole or not at all.
 
-In a wheel they live inside the package (qwen_deploy/profiles); in a source checkout or editable install
-they are the repository's top-level folders.
+In a wheel the shipped folders live inside the package (qwen_deploy/profiles); in a source checkout or
+editable install they are the repository's top-level folders. The profiles are YAML (commented, for people)
+with a JSON copy, profiles/compiled.json, that `plan` reads instead (PyYAML costs ~8 ms to import;
+scripts/compile-profiles writes the copy, and a test checks it matches the YAML).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
-from qwen_deploy.errors import UsageError
+from qwen_deploy.errors import QwenDeployError, UsageError
 
 _PACKAGE = Path(__file__).resolve().parent
+MAX_INPUT_BYTES = 64 * 1024**2  # a hardware file, plan file, config.json or key file is far smaller
 
 
 def _shipped(name: str) -> Path:
@@ -35,22 +40,71 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
+def compile_profiles() -> dict[str, Any]:
+    """Every shipped profile parsed from its YAML: {"gpus": ..., "models": {name: ...}}."""
+    root = profiles_dir()
+    models = {p.stem: _yaml_load(p.read_text(encoding="utf-8")) for p in sorted((root / "models").glob("*.yaml"))}
+    return {"gpus": _yaml_load((root / "gpus.yaml").read_text(encoding="utf-8")), "models": models}
+
+
 @functools.cache
-def load_profile_yaml(relative: str) -> Any:
-    """A shipped profile file, parsed (cached: profiles do not change while the process runs)."""
-    return _yaml_load((profiles_dir() / relative).read_text(encoding="utf-8"))
+def _profiles() -> dict[str, Any]:
+    import json
+
+    compiled = profiles_dir() / "compiled.json"
+    try:
+        return json.loads(compiled.read_text(encoding="utf-8"))
+    except FileNotFoundError:  # a checkout whose JSON copy was not written yet
+        return compile_profiles()
+
+
+def load_profile_data(kind: str, name: str | None = None) -> Any:
+    """A shipped profile: load_profile_data("gpus"), load_profile_data("models", "qwen3-4b-instruct-2507")
+    (None when there is no such model), or load_profile_data("models") for all of them."""
+    data = _profiles()[kind]
+    return data if name is None else data.get(name)
+
+
+def regular_file(path: str | os.PathLike[str], what: str, max_bytes: int | None = MAX_INPUT_BYTES) -> Path:
+    """`path` when it is a regular file (not a FIFO, a device or a folder) of at most max_bytes; else a usage
+    error naming it. Checked before opening: opening a FIFO would wait for a writer forever."""
+    target = Path(path).expanduser()
+    try:
+        info = target.stat()
+    except FileNotFoundError:
+        raise UsageError(f"{what} {str(path)!r} does not exist.") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}.") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{what} {str(path)!r} is a folder, not a file.")
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"{what} {str(path)!r} is not a regular file (a pipe, socket or device?).")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise UsageError(f"{what} {str(path)!r} is {info.st_size:,} bytes; a {what} is far smaller. Wrong file?")
+    return target
+
+
+def read_text(path: str | os.PathLike[str], what: str, max_bytes: int = MAX_INPUT_BYTES) -> str:
+    """A user's text file, read whole (after the regular_file checks); errors name the file."""
+    target = regular_file(path, what, max_bytes)
+    try:
+        with open(target, "rb") as handle:
+            raw = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}.") from None
+    if len(raw) > max_bytes:  # it grew after the check
+        raise UsageError(f"{what} {str(path)!r} is larger than {max_bytes:,} bytes.")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {str(path)!r} is not UTF-8 text.") from None
 
 
 def load_yaml_file(path: str | os.PathLike[str], what: str) -> Any:
     """A user's YAML or JSON file; unreadable or malformed files are a usage error naming the file."""
     import yaml
 
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{what} {str(path)!r} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {what} {str(path)!r}: {exc}.") from None
+    text = read_text(path, what)
     try:
         return _yaml_load(text)
     except yaml.YAMLError as exc:
@@ -58,20 +112,45 @@ def load_yaml_file(path: str | os.PathLike[str], what: str) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "malformed YAML"
         raise UsageError(f"{what} {str(path)!r} is not valid YAML{where}: {problem}.") from None
+    except (RecursionError, ValueError, OverflowError) as exc:  # deeply nested or absurd scalars
+        raise UsageError(f"{what} {str(path)!r} cannot be read as YAML: {type(exc).__name__}.") from None
+
+
+def _write_error(target: Path, exc: OSError) -> QwenDeployError:
+    return QwenDeployError(f"cannot write {target}: {exc.strerror or exc}. To fix: choose a writable folder.")
 
 
 def write_atomic(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> None:
     """Write `text` to a temp file beside `path`, then rename: readers never see half a file."""
+    write_files_atomic({Path(path): text}, mode)
+
+
+def write_files_atomic(files: dict[Path, str], mode: int = 0o644) -> None:
+    """Write every file to a temp file beside its target first, then rename them all: a failure (a
+    read-only folder, a full disk) leaves none of them half-written and no temp file behind."""
     import tempfile
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    temps: list[tuple[str, Path]] = []
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        for target, text in files.items():
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            except OSError as exc:
+                raise _write_error(target, exc) from None
+            temps.append((tmp, target))
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(text)
+                os.chmod(tmp, mode)
+            except OSError as exc:
+                raise _write_error(target, exc) from None
+        for tmp, target in temps:
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise _write_error(target, exc) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
         raise

@@ -102,7 +102,9 @@ def system_prompt_arg(value: str | None, json_mode: bool) -> str:
 def header_text(settings: UISettings) -> str:
     parts = [settings.model]
     if settings.engine:
-        parts.append({"llamacpp": "llama.cpp", "vllm": "vLLM"}.get(settings.engine, settings.engine))
+        from qwen_deploy import engines
+
+        parts.append(engines.label(settings.engine))
     if settings.context:
         parts.append(f"{settings.context:,}-token context")
     if settings.json_mode:
@@ -160,6 +162,9 @@ def write_project(folder: Path, settings: UISettings, host: str, port: int) -> P
     from importlib.metadata import version
 
     from qwen_deploy.resources import write_atomic
+    from qwen_deploy.state import ensure_dir
+
+    ensure_dir(folder)
 
     header = header_text(settings)
     write_atomic(folder / "settings.json", settings.to_json() + "\n", mode=0o600)
@@ -177,3 +182,52 @@ def write_project(folder: Path, settings: UISettings, host: str, port: int) -> P
 
 def chainlit_command(app: Path, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "chainlit", "run", str(app), "--headless", "--host", host, "--port", str(port)]
+
+
+def serve_page(settings: UISettings, host: str, port: int, folder: Path) -> None:
+    """Run the Chainlit page in its own process group until Ctrl-C/TERM/HUP (or it exits), then stop it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from qwen_deploy.client import connect_host, port_open, url_for
+    from qwen_deploy.errors import QwenDeployError
+    from qwen_deploy.launch import check_port_free
+    from qwen_deploy.procs import stop_group
+
+    app = write_project(folder, settings, host, port)
+    check_port_free(host, port)
+    env = dict(os.environ, CHAINLIT_APP_ROOT=str(folder), **{CONFIG_ENV: str(folder / "settings.json")})
+    log = folder / "chainlit.log"
+    with open(log, "ab") as out:
+        os.chmod(log, 0o600)
+        proc = subprocess.Popen(
+            chainlit_command(app, host, port), cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for sig in stops:
+        signal.signal(sig, stop)
+    try:
+        deadline = time.monotonic() + 120
+        while not port_open(connect_host(host), port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise QwenDeployError(f"the chat page did not start (log {log}):\n{tail}")
+            time.sleep(0.1)
+        sys.stderr.write(f"chat page for {header_text(settings)} at {url_for(host, port)} (Ctrl-C stops it)\n")
+        print(url_for(host, port), flush=True)
+        code = proc.wait()
+        if code:
+            raise QwenDeployError(f"the chat page stopped with exit code {code} (log {log}).")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig in stops:
+            signal.signal(sig, signal.SIG_IGN)
+        stop_group(proc.pid, proc=proc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from qwen_deploy.errors import UsageError
+from qwen_deploy.values import show
 
 GiB = 1024**3
 MiB = 1024**2
@@ -25,7 +26,9 @@ _UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+# ASCII digits only (\d would also take '٣'), at most 18 before and 12 after the point: no 5,000-digit sizes.
+_SIZE_RE = re.compile(r"^\s*([0-9]{1,18}(?:\.[0-9]{0,12})?|\.[0-9]{1,12})\s*([a-zA-Z]{0,3})\s*$")
+MAX_SIZE = 2**60  # an exbibyte: more than any machine this plans for
 
 
 def parse_size(text: str | int) -> int:
@@ -35,11 +38,15 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int):
         if text < 0:
             raise UsageError(f"size {text} is negative; sizes are zero or more bytes.")
+        if text > MAX_SIZE:
+            raise UsageError(f"size {text} is more than an exbibyte; no machine has that.")
         return text
-    match = _SIZE_RE.match(str(text))
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError("a size must not be empty; write bytes or a unit such as 24GiB or 512MiB.")
+    match = _SIZE_RE.match(text)
     if not match or match.group(2).lower() not in _UNITS:
         raise UsageError(
-            f"{text!r} is not a size; write bytes or a number with a unit: 24GiB, 24GB (10^9), 512MiB, 1.5TiB."
+            f"{show(text)} is not a size; write bytes or a number with a unit: 24GiB, 24GB (10^9), 512MiB, 1.5TiB."
         )
     number, unit = match.groups()
     multiplier = _UNITS[unit.lower()]
@@ -47,8 +54,12 @@ def parse_size(text: str | int) -> int:
         # Decimal arithmetic on the digits avoids float rounding: '1.1GB' is exactly 1_100_000_000.
         whole, _, frac = number.partition(".")
         scaled = int(whole or "0") * 10 ** len(frac) + int(frac or "0")
-        return scaled * multiplier // 10 ** len(frac)
-    return int(number) * multiplier
+        size = scaled * multiplier // 10 ** len(frac)
+    else:
+        size = int(number) * multiplier
+    if size > MAX_SIZE:
+        raise UsageError(f"{show(text)} is more than an exbibyte; no machine has that.")
+    return size
 
 
 def format_size(n_bytes: int | float) -> str:

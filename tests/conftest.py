@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_deploy.hardware import CPU, GPU, Disk, Hardware, Memory
+from qwen_deploy.hardware.types import CPU, GPU, Disk, Hardware, Memory
 from tests.synthetic_gguf import QWEN3_4B_ATTENTION, SyntheticShape, write_synthetic_gguf
 
 GiB = 1024**3

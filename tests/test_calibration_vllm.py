@@ -8,7 +8,8 @@ import yaml
 
 from bench.accuracy_vllm import geometry_for, predict
 from qwen_deploy import memory
-from qwen_deploy.model import load_profile
+from qwen_deploy.engines.vllm import memory as vm
+from qwen_deploy.model.profiles import load_profile
 
 GiB = 1024**3
 RECORDS = yaml.safe_load((Path(__file__).parent / "data" / "calibration_vllm.yaml").read_text())
@@ -29,9 +30,11 @@ def test_available_kv_within_10_percent(record):
 
 def test_qwen3_4b_weights_and_kv_tokens_match_v1_logs():
     qwen = load_profile("qwen3-4b-instruct-2507")
-    loaded = memory.vllm_loaded_weights(qwen.artifact("vllm", "bf16").weights_bytes, 1, qwen.max_context, qwen.head_dim)
+    loaded = vm.vllm_loaded_weights(
+        qwen.artifact("safetensors", "bf16").weights_bytes, 1, qwen.max_context, qwen.head_dim
+    )
     assert abs(loaded / GiB - 7.6065) / 7.6065 < 0.005  # 'Model loading took 7.6065 GiB'
-    per_block = memory.VLLM_BLOCK_SIZE * memory.kv_bytes_per_token(36, 8, 128, "auto")
+    per_block = vm.VLLM_BLOCK_SIZE * memory.kv_bytes_per_token(36, 8, 128, "auto")
     # 'Available KV cache memory: 34.72 GiB' (rounded) -> 'GPU KV cache size: 252,800 tokens'
     low, high = int(34.715 * GiB) // per_block, int(34.725 * GiB) // per_block
     assert low * 16 <= 252_800 <= high * 16

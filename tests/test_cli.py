@@ -1,6 +1,7 @@
 """The command line, driven like a user would: exit codes, JSON, files, one-sentence errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -98,7 +99,7 @@ def test_nothing_fits_exits_3_with_a_fix(hw_file):
         (["plan", "--vram", "1B"], 2, "less than 1 GiB"),
         (["plan", "--cpus", "0"], 2, "--cpus"),
         (["plan", "--min-context", "300000"], 2, "beyond"),
-        (["plan", "--gpu", "0xL4"], 2, "between 1 and 64"),
+        (["plan", "--gpu", "0xL4"], 2, "from 1 to 64"),
     ],
 )
 def test_bad_input_is_one_sentence_and_a_usage_exit(hw_file, args, code, message):
@@ -176,8 +177,14 @@ def test_probe_json_then_plan_hardware_equals_plain_plan(tmp_path):
     plain = subprocess.run([*env_cmd, "plan", "--json"], capture_output=True, text=True)
     assert from_file.returncode == plain.returncode
     a, b = json.loads(from_file.stdout), json.loads(plain.stdout)
-    assert a["choice"] == b["choice"]
-    assert a["candidates"] == b["candidates"]
+
+    def steady(c):
+        # the memory free *now* is probed twice, a moment apart, and other programs move it: a candidate's
+        # reason may mention it ("only X is free now"); everything else must be the same
+        return c and {**c, "reason": re.sub(r"; only [\d.]+ \w+ is free now.*", "", c["reason"])}
+
+    assert steady(a["choice"]) == steady(b["choice"])
+    assert [steady(c) for c in a["candidates"]] == [steady(c) for c in b["candidates"]]
 
 
 def test_cli_import_loads_no_heavy_modules():

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_deploy.engines.llamacpp import parse_memory_log
-from qwen_deploy.model import spec_from_gguf
+from qwen_deploy.engines.llamacpp.logs import parse_memory_log
+from qwen_deploy.model.gguf import spec_from_gguf
 from qwen_deploy.planner import Request, plan
 from tests.conftest import make_hardware
 from tests.engine_harness import free_port, running_server

@@ -1,7 +1,8 @@
 """The engines' log parsers on real log lines (quoted from shared/calibration/public_engine_logs.yaml and
 from our llama-cpp-python 0.3.36 runs)."""
 
-from qwen_deploy.engines import llamacpp, vllm
+from qwen_deploy.engines.llamacpp import logs as llamacpp
+from qwen_deploy.engines.vllm import engine as vllm
 
 GiB, MiB = 1024**3, 1024**2
 

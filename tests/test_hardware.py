@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qwen_deploy import hardware
 from qwen_deploy.errors import QwenDeployError, UsageError
+from qwen_deploy.hardware import catalog, files, probe
 from tests.conftest import make_hardware
 
 GiB = 1024**3
@@ -42,14 +42,14 @@ CPU part\t: 0xd40
 
 
 def test_cpuinfo_x86_counts_physical_cores_and_keeps_useful_flags():
-    model, physical, flags = hardware._parse_cpuinfo(CPUINFO_X86)
+    model, physical, flags = probe._parse_cpuinfo(CPUINFO_X86)
     assert model == "Intel(R) Core(TM) i7-12700"
     assert physical == 2  # (0,0) twice + (0,1): two cores, three threads
     assert flags == ("avx", "avx2", "avx_vnni", "f16c", "fma", "sse4_2")
 
 
 def test_cpuinfo_arm_reports_neon():
-    _, physical, flags = hardware._parse_cpuinfo(CPUINFO_ARM)
+    _, physical, flags = probe._parse_cpuinfo(CPUINFO_ARM)
     assert physical is None  # no core ids: probe falls back to psutil
     assert {"neon", "asimd", "asimddp", "i8mm", "sve"} <= set(flags)
 
@@ -64,8 +64,8 @@ def test_cgroup_v2_limit_applies_along_the_path(tmp_path):
     (leaf / "memory.stat").write_text("anon 1\ninactive_file 1073741824\n")
     (leaf / "cpu.max").write_text("150000 100000\n")
     proc = "0::/user.slice/app.scope\n"
-    assert hardware.cgroup_memory(str(tmp_path), proc) == (8 * GiB, 2 * GiB)
-    assert hardware.cgroup_cpu_limit(str(tmp_path), proc) == 2  # 1.5 CPUs rounded up
+    assert probe.cgroup_memory(str(tmp_path), proc) == (8 * GiB, 2 * GiB)
+    assert probe.cgroup_cpu_limit(str(tmp_path), proc) == 2  # 1.5 CPUs rounded up
 
 
 def test_cgroup_v1_limit(tmp_path):
@@ -76,27 +76,27 @@ def test_cgroup_v1_limit(tmp_path):
     (node / "memory.stat").write_text("total_inactive_file 0\n")
     (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712")  # v1's 'no limit'
     proc = "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n"
-    assert hardware.cgroup_memory(str(tmp_path), proc) == (4 * GiB, GiB)
+    assert probe.cgroup_memory(str(tmp_path), proc) == (4 * GiB, GiB)
 
 
 def test_no_cgroup_limit(tmp_path):
-    assert hardware.cgroup_memory(str(tmp_path), "") == (None, None)
+    assert probe.cgroup_memory(str(tmp_path), "") == (None, None)
 
 
 def test_probe_of_this_machine_is_sane():
-    hw = hardware.probe()
+    hw = probe.probe()
     assert hw.cpu.logical_cores >= hw.cpu.physical_cores >= 1
     assert 0 < hw.memory.available_bytes <= hw.memory.total_bytes
     assert hw.disk.free_bytes > 0
-    assert hardware.hardware_from_dict(hw.to_dict()) == hw
+    assert files.hardware_from_dict(hw.to_dict()) == hw
 
 
 def test_no_nvidia_library_means_no_gpus(monkeypatch):
     # The real pynvml on this machine: nvmlInit raises NVMLError_LibraryNotFound.
-    monkeypatch.setattr(hardware, "_nvidia_driver_present", lambda: True)
+    monkeypatch.setattr(probe, "_nvidia_driver_present", lambda: True)
     with pytest.raises(pynvml.NVMLError):
         pynvml.nvmlInit()
-    assert hardware.probe_gpus() == ()
+    assert probe.probe_gpus() == ()
 
 
 class FakeMemory:
@@ -106,7 +106,7 @@ class FakeMemory:
 
 def fake_nvml(monkeypatch, devices, fail_on=None):
     """Patch the real pynvml module so it answers like a driver with `devices`."""
-    monkeypatch.setattr(hardware, "_nvidia_driver_present", lambda: True)
+    monkeypatch.setattr(probe, "_nvidia_driver_present", lambda: True)
     monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
     monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: None)
     monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: len(devices))
@@ -140,7 +140,7 @@ def test_nvml_probe_reads_memory_and_capability(monkeypatch):
             {"name": "NVIDIA L4", "total": 24_152_899_584, "free": 24_000_000_000, "cc": (8, 9)},
         ],
     )
-    gpus = hardware.probe_gpus()
+    gpus = probe.probe_gpus()
     assert [g.name for g in gpus] == ["NVIDIA GeForce RTX 4090", "NVIDIA L4"]
     assert gpus[0].memory_free_bytes == 20 * GiB  # other processes' use shows as less free memory
     assert gpus[0].compute_capability == "8.9"
@@ -152,14 +152,14 @@ def test_nvml_probe_reads_memory_and_capability(monkeypatch):
 def test_nvml_error_mid_probe_is_one_sentence(monkeypatch):
     fake_nvml(monkeypatch, [{"name": "A", "total": 1, "free": 1, "cc": (8, 0)}] * 2, fail_on=1)
     with pytest.raises(QwenDeployError, match=r"NVML failed while reading GPU 1 .*--no-gpu"):
-        hardware.probe_gpus()
+        probe.probe_gpus()
 
 
 def test_hardware_file_round_trip(tmp_path):
-    hw = hardware.simulate(make_hardware(), gpus=("2xL4",))
+    hw = catalog.simulate(make_hardware(), gpus=("2xL4",))
     path = tmp_path / "hw.json"
     path.write_text(json.dumps(hw.to_dict()))
-    assert hardware.load_hardware(path) == hw
+    assert files.load_hardware(path) == hw
 
 
 @pytest.mark.parametrize(
@@ -175,12 +175,12 @@ def test_malformed_hardware_files(tmp_path, content, match):
     path = tmp_path / "hw.yaml"
     path.write_text(content)
     with pytest.raises(UsageError, match=match):
-        hardware.load_hardware(path)
+        files.load_hardware(path)
 
 
 def test_missing_hardware_file():
     with pytest.raises(UsageError, match="does not exist"):
-        hardware.load_hardware("/nonexistent/hw.yaml")
+        files.load_hardware("/nonexistent/hw.yaml")
 
 
 json_values = st.recursive(
@@ -193,23 +193,23 @@ json_values = st.recursive(
 @given(json_values)
 def test_any_document_loads_or_is_a_usage_error(doc):
     with contextlib.suppress(UsageError):
-        hardware.hardware_from_dict(doc)
+        files.hardware_from_dict(doc)
 
 
 @given(st.sampled_from(["cpu", "memory", "gpus", "disk"]), json_values)
 def test_corrupting_one_section_is_a_usage_error(section, value):
-    good = hardware.simulate(make_hardware(), gpus=("RTX 4090",)).to_dict()
+    good = catalog.simulate(make_hardware(), gpus=("RTX 4090",)).to_dict()
     good[section] = value
     with contextlib.suppress(UsageError):
-        hardware.hardware_from_dict(good)
+        files.hardware_from_dict(good)
 
 
 def test_catalog_lookup_and_suggestions():
-    assert hardware.lookup_gpu("rtx4090").name == "NVIDIA GeForce RTX 4090"
-    assert hardware.lookup_gpu("NVIDIA H100 80GB HBM3").memory_total_bytes == 85_520_809_984
+    assert catalog.lookup_gpu("rtx4090").name == "NVIDIA GeForce RTX 4090"
+    assert catalog.lookup_gpu("NVIDIA H100 80GB HBM3").memory_total_bytes == 85_520_809_984
     with pytest.raises(UsageError, match="Did you mean 'RTX 4090'"):
-        hardware.lookup_gpu("RTX 4099")
-    count, entry = hardware.parse_gpu_spec("2xL4")
+        catalog.lookup_gpu("RTX 4099")
+    count, entry = catalog.parse_gpu_spec("2xL4")
     assert (count, entry.key) == (2, "L4")
 
 
@@ -232,19 +232,19 @@ def test_catalog_covers_the_required_gpus():
         "H200",
     ]
     for name in required:
-        entry = hardware.lookup_gpu(name)
+        entry = catalog.lookup_gpu(name)
         assert entry.memory_total_bytes > 0 and entry.memory_bandwidth_gbps > 0 and entry.source
 
 
 def test_simulate_replaces_parts():
     base = make_hardware(ram_gib=16)
-    hw = hardware.simulate(base, gpus=("RTX 4090", "2xL4"), ram="64GiB", cpus=4)
+    hw = catalog.simulate(base, gpus=("RTX 4090", "2xL4"), ram="64GiB", cpus=4)
     assert [g.index for g in hw.gpus] == [0, 1, 2]
     assert hw.memory.total_bytes == 64 * GiB and hw.cpu.physical_cores == 4
-    generic = hardware.simulate(base, vram="16GB")
+    generic = catalog.simulate(base, vram="16GB")
     assert generic.gpus[0].memory_total_bytes == 16 * 10**9 and generic.gpus[0].compute_capability == "8.9"
-    assert hardware.simulate(hw, no_gpu=True).gpus == ()
+    assert catalog.simulate(hw, no_gpu=True).gpus == ()
     with pytest.raises(UsageError, match="contradicts"):
-        hardware.simulate(base, gpus=("L4",), no_gpu=True)
+        catalog.simulate(base, gpus=("L4",), no_gpu=True)
     with pytest.raises(UsageError, match="size"):
-        hardware.simulate(base, ram="lots")
+        catalog.simulate(base, ram="lots")

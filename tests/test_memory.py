@@ -4,6 +4,8 @@ engines' own log lines (quoted)."""
 import pytest
 
 from qwen_deploy import memory
+from qwen_deploy.engines.llamacpp import memory as lm
+from qwen_deploy.engines.vllm import memory as vm
 
 MiB, GiB = 1024**2, 1024**3
 
@@ -47,19 +49,19 @@ def test_quantized_rows_must_be_whole_blocks():
 
 
 def test_llamacpp_pads_context_to_256():
-    assert memory.pad_context(5000) == 5120  # engine log: n_ctx 5000 -> 'llama_context: n_ctx = 5120'
-    assert memory.pad_context(4096) == 4096
-    assert memory.pad_context(1) == 256
+    assert lm.pad_context(5000) == 5120  # engine log: n_ctx 5000 -> 'llama_context: n_ctx = 5120'
+    assert lm.pad_context(4096) == 4096
+    assert lm.pad_context(1) == 256
 
 
 def test_llamacpp_kv_matches_engine_log_lines():
     # 'llama_kv_cache: size =  576.00 MiB (  4096 cells,  36 layers,  1/1 seqs), K (f16):  288.00 MiB, V (f16):  288.00 MiB'
-    kv, cells = memory.llamacpp_kv_bytes(
+    kv, cells = lm.llamacpp_kv_bytes(
         4096, full_layers=36, swa_layers=0, kv_heads=8, head_dim=128, type_k="f16", type_v="f16"
     )
     assert (kv, cells) == (576 * MiB, 4096)
     # q8_0 at 32768: 36 layers × 2 × 1088 B × 32768 cells = 2,566,914,048 B = 2448.00 MiB (engine: 2448.00 MiB)
-    kv, _ = memory.llamacpp_kv_bytes(
+    kv, _ = lm.llamacpp_kv_bytes(
         32768, full_layers=36, swa_layers=0, kv_heads=8, head_dim=128, type_k="q8_0", type_v="q8_0"
     )
     assert kv == 2_566_914_048 == 2448 * MiB
@@ -77,10 +79,10 @@ def test_llamacpp_sliding_window_layers():
         "type_v": "f16",
         "n_swa": 512,
     }
-    kv, _ = memory.llamacpp_kv_bytes(8192, **common)
+    kv, _ = lm.llamacpp_kv_bytes(8192, **common)
     assert kv == 144 * MiB
     # Trimmed SWA cache: pad(512 × 1 + 512) = 1024 cells: 3 × 8192 × 1024 B + 15 × 1024 × 1024 B
-    kv, _ = memory.llamacpp_kv_bytes(8192, **common, swa_full=False)
+    kv, _ = lm.llamacpp_kv_bytes(8192, **common, swa_full=False)
     assert kv == 3 * 8192 * 1024 + 15 * 1024 * 1024
 
 
@@ -119,12 +121,12 @@ def test_llamacpp_sliding_window_layers():
     ],
 )
 def test_llamacpp_compute_buffer(shape, n_ctx, flash_attn, expected_mib):
-    got = memory.llamacpp_compute_bytes(n_ctx, n_ubatch=512, flash_attn=flash_attn, **shape)
+    got = lm.llamacpp_compute_bytes(n_ctx, n_ubatch=512, flash_attn=flash_attn, **shape)
     assert got == expected_mib * MiB
 
 
 def test_llamacpp_output_buffer():
-    assert memory.llamacpp_output_bytes(151936) == 607_744  # 'CPU  output buffer size = 0.58 MiB'
+    assert lm.llamacpp_output_bytes(151936) == 607_744  # 'CPU  output buffer size = 0.58 MiB'
 
 
 def test_llamacpp_memory_adds_up():
@@ -150,7 +152,7 @@ def test_llamacpp_memory_adds_up():
         repacked_bytes=1_000_000,
         repacked_source_bytes=1_000_000,
     )
-    est = memory.llamacpp_memory(**common, config=memory.LlamacppConfig(n_ctx=4000))
+    est = lm.llamacpp_memory(**common, config=lm.LlamacppConfig(n_ctx=4000))
     assert est.kv_capacity_tokens == 4096
     assert est.kv_cache_bytes == 576 * MiB
     assert est.parts["compute_buffer_bytes"] == int(306.75 * MiB)
@@ -158,17 +160,17 @@ def test_llamacpp_memory_adds_up():
     assert est.overhead_bytes == 84_934_656 + 607_744 + 160 * MiB
     assert est.weights_bytes == 2_497_281_120 + 1_000_000
     assert est.total_bytes == est.weights_bytes + 576 * MiB + est.overhead_bytes
-    no_mmap = memory.llamacpp_memory(**common, config=memory.LlamacppConfig(n_ctx=4000, use_mmap=False))
+    no_mmap = lm.llamacpp_memory(**common, config=lm.LlamacppConfig(n_ctx=4000, use_mmap=False))
     assert no_mmap.weights_bytes == 2_497_281_120
     # the Qwen tokenizer's 151,387 BPE merges: 151,387 × 218 B = 33,002,366 B (31.5 MiB) more
-    bpe = memory.llamacpp_memory(**common, tokenizer_merges=151_387, config=memory.LlamacppConfig(n_ctx=4000))
+    bpe = lm.llamacpp_memory(**common, tokenizer_merges=151_387, config=lm.LlamacppConfig(n_ctx=4000))
     assert bpe.parts["tokenizer_merges_bytes"] == 33_002_366
     assert bpe.total_bytes - est.total_bytes == 33_002_366
 
 
 def test_quantized_v_cache_needs_flash_attention():
     with pytest.raises(ValueError, match="flash attention"):
-        memory.llamacpp_memory(
+        lm.llamacpp_memory(
             layers=2,
             swa_layers=0,
             kv_heads=2,
@@ -179,14 +181,14 @@ def test_quantized_v_cache_needs_flash_attention():
             n_vocab=1024,
             weights_bytes=1,
             budget_bytes=GiB,
-            config=memory.LlamacppConfig(n_ctx=512, type_k="q8_0", type_v="q8_0", flash_attn=False),
+            config=lm.LlamacppConfig(n_ctx=512, type_k="q8_0", type_v="q8_0", flash_attn=False),
         )
 
 
 def test_max_context_is_the_largest_fitting_multiple_of_256():
-    assert memory.llamacpp_max_context(lambda n: n <= 10_000, 262_144) == 9984  # 39 × 256
-    assert memory.llamacpp_max_context(lambda n: True, 5000) == 4864  # capped by the limit, 19 × 256
-    assert memory.llamacpp_max_context(lambda n: False, 262_144) == 0
+    assert lm.llamacpp_max_context(lambda n: n <= 10_000, 262_144) == 9984  # 39 × 256
+    assert lm.llamacpp_max_context(lambda n: True, 5000) == 4864  # capped by the limit, 19 × 256
+    assert lm.llamacpp_max_context(lambda n: False, 262_144) == 0
 
 
 def test_repacked_bytes_follow_the_engine_rules():
@@ -199,15 +201,15 @@ def test_repacked_bytes_follow_the_engine_rules():
         ("blk.0.attn_norm.weight", "F32", 2560, 1, 10_240),
     )
     # AVX2: Q4_0/Q4_K with ne1 % 8 == 0 -> only attn_q; the repacked copy has the same size
-    assert memory.llamacpp_repack(tensors, ("avx2",)) == (5_898_240, 5_898_240)
+    assert lm.llamacpp_repack(tensors, ("avx2",)) == (5_898_240, 5_898_240)
     # arm64 with dotprod: Q4_K, Q6_K (ne1 % 8), Q4_0 and Q8_0 (ne1 % 4: 1028 qualifies); token_embd stays on
     # the plain buffer because an output.weight exists
     arm = 319_094_784 + 5_898_240 + 1_480_320 + 26_460_160
-    assert memory.llamacpp_repack(tensors, ("neon", "asimddp")) == (arm, arm)
+    assert lm.llamacpp_repack(tensors, ("neon", "asimddp")) == (arm, arm)
     # No SIMD flags: nothing
-    assert memory.llamacpp_repack(tensors, ()) == (0, 0)
+    assert lm.llamacpp_repack(tensors, ()) == (0, 0)
     # AMX build: Q6_K row = 10 blocks × 210 B; Q4_K row = 10 × 144 + 10 × 4; Q8_0 row = 304 × 34 + 304 × 4
-    source, amx = memory.llamacpp_repack(tensors, ("amx_int8", "avx2"), amx=True)
+    source, amx = lm.llamacpp_repack(tensors, ("amx_int8", "avx2"), amx=True)
     assert amx == 151936 * 2100 + 4096 * 1480 + 2560 * 304 * 38  # attn_v: ne1 % 32 != 0 and not AVX2-repackable
     assert source == 319_094_784 + 5_898_240 + 26_460_160
 
@@ -216,21 +218,21 @@ def test_repacked_bytes_follow_the_engine_rules():
 
 
 def test_vllm_batch_defaults():
-    assert memory.vllm_batch_defaults(24 * GiB, "NVIDIA GeForce RTX 4090") == (2048, 256)
-    assert memory.vllm_batch_defaults(80 * GiB, "NVIDIA A100-SXM4-80GB") == (2048, 256)
-    assert memory.vllm_batch_defaults(80 * GiB, "NVIDIA H100 80GB HBM3") == (8192, 1024)
-    assert memory.vllm_batch_defaults(180 * GiB, "NVIDIA B200") == (16384, 1024)
+    assert vm.vllm_batch_defaults(24 * GiB, "NVIDIA GeForce RTX 4090") == (2048, 256)
+    assert vm.vllm_batch_defaults(80 * GiB, "NVIDIA A100-SXM4-80GB") == (2048, 256)
+    assert vm.vllm_batch_defaults(80 * GiB, "NVIDIA H100 80GB HBM3") == (8192, 1024)
+    assert vm.vllm_batch_defaults(180 * GiB, "NVIDIA B200") == (16384, 1024)
 
 
 def test_vllm_cudagraph_count_matches_public_log():
     # 'Profiling CUDA graph memory: PIECEWISE=51, FULL=35' with max_num_seqs 256
-    assert memory.vllm_cudagraph_count(256, 2048) == 51 + 35
+    assert vm.vllm_cudagraph_count(256, 2048) == 51 + 35
 
 
 def test_vllm_activation_peak_reproduces_v0_logs():
     # RTX 3090, Llama-3.1-8B, V0 profile at max_model_len 20000: peak_torch 17.06 − weights 14.99 = 2.07 GiB.
     # forward 20000 × (3 × 14336 + 3 × 4096) × 2 B = 2,211,840,000 B = 2.060 GiB
-    peak = memory.vllm_activation_peak(20000, 256, 4096, 14336, 128256)
+    peak = vm.vllm_activation_peak(20000, 256, 4096, 14336, 128256)
     assert peak == 2_211_840_000
     assert abs(peak / GiB - 2.07) < 0.02
 
@@ -247,7 +249,7 @@ def test_vllm_memory_rtx_4090_by_hand():
     available   23,695,678,505 − 8,165,732,147 − 348,657,664 − 555,024,384 − 1,696,512,024 = 12,929,752,286
     blocks      12,929,752,286 // (16 × 147,456 = 2,359,296)      = 5480  ->  87,680 tokens
     """
-    est = memory.vllm_memory(
+    est = vm.vllm_memory(
         layers=36,
         kv_heads=8,
         head_dim=128,
@@ -256,7 +258,7 @@ def test_vllm_memory_rtx_4090_by_hand():
         vocab=151936,
         max_position=262144,
         checkpoint_bytes=8_044_936_192,
-        config=memory.VllmConfig(
+        config=vm.VllmConfig(
             gpu_total_bytes=25_756_172_288, gpu_name="NVIDIA GeForce RTX 4090", gpu_memory_utilization=0.92
         ),
     )
@@ -275,5 +277,5 @@ def test_vllm_memory_rtx_4090_by_hand():
 
 def test_vllm_concurrency_formula():
     # blocks / ceil(M / 16): 5480 blocks, 32768-token requests need 2048 blocks -> 2.68x
-    assert memory.vllm_concurrency(87_680, 32_768) == pytest.approx(5480 / 2048)
-    assert memory.vllm_concurrency(87_680, 0) == 0.0
+    assert vm.vllm_concurrency(87_680, 32_768) == pytest.approx(5480 / 2048)
+    assert vm.vllm_concurrency(87_680, 0) == 0.0

@@ -8,7 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qwen_deploy.errors import UsageError
-from qwen_deploy.model import count_parameters, load_profile, profile_names, resolve_model, spec_from_gguf
+from qwen_deploy.model.gguf import spec_from_gguf
+from qwen_deploy.model.profiles import load_profile, profile_names
+from qwen_deploy.model.resolve import resolve_model
+from qwen_deploy.model.types import count_parameters
 from qwen_deploy.planner import Request, plan
 from tests.conftest import make_hardware
 from tests.synthetic_gguf import SyntheticShape, write_synthetic_gguf
@@ -21,16 +24,16 @@ def test_qwen3_4b_profile_matches_its_config():
     assert (spec.vocab_size, spec.max_context, spec.tied_embeddings) == (151936, 262144, True)
     # embed 151936 × 2560 = 388,956,160 + 36 × 100,930,816 + 2,560 = 4,022,468,096
     assert count_parameters(spec, qk_norm=True) == spec.parameters == 4_022_468_096
-    bf16 = spec.artifact("vllm", "bf16")
+    bf16 = spec.artifact("safetensors", "bf16")
     assert bf16.weights_bytes == 2 * 4_022_468_096
-    assert {a.precision for a in spec.artifacts if a.engine == "llamacpp"} == {"q4_k_m", "q5_k_m", "q6_k", "q8_0"}
+    assert {a.precision for a in spec.artifacts if a.format == "gguf"} == {"q4_k_m", "q5_k_m", "q6_k", "q8_0"}
 
 
 @pytest.mark.parametrize("name", ["llama-3-8b-instruct", "mistral-7b-instruct-v0.3", "phi-3-mini-4k-instruct"])
 def test_comparison_profiles_parameter_counts(name):
     spec = load_profile(name)
     assert count_parameters(spec) == spec.parameters
-    assert spec.artifact("vllm", "bf16").weights_bytes == 2 * spec.parameters
+    assert spec.artifact("safetensors", "bf16").weights_bytes == 2 * spec.parameters
 
 
 def test_profiles_list_and_aliases():

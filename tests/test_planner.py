@@ -4,10 +4,10 @@ from dataclasses import replace
 
 import pytest
 
-from qwen_deploy import memory
+from qwen_deploy.engines.vllm import memory as vm
 from qwen_deploy.errors import UsageError
-from qwen_deploy.hardware import simulate
-from qwen_deploy.model import load_profile
+from qwen_deploy.hardware.catalog import simulate
+from qwen_deploy.model.profiles import load_profile
 from qwen_deploy.planner import Request, nothing_fits_message, plan, ram_budget
 from tests.conftest import make_hardware
 
@@ -185,7 +185,7 @@ def test_gpu_count_forms():
 
 
 def test_quantized_cache_that_does_not_divide_into_blocks_cannot_run(tmp_path):
-    from qwen_deploy.model import spec_from_gguf
+    from qwen_deploy.model.gguf import spec_from_gguf
     from tests.synthetic_gguf import SyntheticShape, write_synthetic_gguf
 
     path = write_synthetic_gguf(
@@ -199,7 +199,7 @@ def test_quantized_cache_that_does_not_divide_into_blocks_cannot_run(tmp_path):
 
 
 def test_tiny_context_models_plan_one_padded_step(tmp_path):
-    from qwen_deploy.model import spec_from_gguf
+    from qwen_deploy.model.gguf import spec_from_gguf
     from tests.synthetic_gguf import SyntheticShape, write_synthetic_gguf
 
     path = write_synthetic_gguf(
@@ -237,7 +237,7 @@ def test_planning_is_pure_and_deterministic():
         (Request(prefer="cheap"), "prefer"),
         (Request(gpu_memory_utilization=1.5), "fraction"),
         (Request(kv_cache_dtype="int3"), "kv-cache-dtype"),
-        (Request(kv_cache_dtype="fp8", engine="llamacpp"), "vLLM cache type"),
+        (Request(kv_cache_dtype="fp8", engine="llamacpp"), "not a cache type llama.cpp takes"),
         (Request(precision="q2_k"), "not available"),
     ],
 )
@@ -257,7 +257,7 @@ def test_vllm_concurrency_scales_the_context():
     four = plan(
         QWEN, gpu_box("RTX 4090"), Request(engine="vllm", precision="bf16", kv_cache_dtype="auto", concurrency=4)
     ).choice
-    assert four.context == ((one.memory.counts["kv_blocks"] - 1) // 4) * memory.VLLM_BLOCK_SIZE
+    assert four.context == ((one.memory.counts["kv_blocks"] - 1) // 4) * vm.VLLM_BLOCK_SIZE
     assert four.concurrency >= 4
 
 

@@ -23,8 +23,11 @@ from typing import Any
 
 import pytest
 
-from qwen_deploy import hardware, planner
-from qwen_deploy.model import ModelSpec, load_profile, profile_names
+from qwen_deploy import planner
+from qwen_deploy.hardware.catalog import simulate
+from qwen_deploy.hardware.types import Hardware
+from qwen_deploy.model.profiles import load_profile, profile_names
+from qwen_deploy.model.types import ModelSpec
 from tests.conftest import make_hardware
 
 pytestmark = pytest.mark.engine
@@ -102,13 +105,13 @@ def _require_vllm_python() -> Path:
 # ----------------------------------------------------------------------------- the planner's commands
 
 
-def _machines() -> list[tuple[str, hardware.Hardware]]:
+def _machines() -> list[tuple[str, Hardware]]:
     base = make_hardware(ram_gib=64)
-    out = [(" + ".join(gpus), hardware.simulate(base, gpus=gpus)) for gpus in MACHINES]
-    out.append(("generic 12GiB", hardware.simulate(base, vram="12GiB")))
-    out.append(("8xL4 at 6GiB", hardware.simulate(base, gpus=("8xL4",), vram="6GiB")))
+    out = [(" + ".join(gpus), simulate(base, gpus=gpus)) for gpus in MACHINES]
+    out.append(("generic 12GiB", simulate(base, vram="12GiB")))
+    out.append(("8xL4 at 6GiB", simulate(base, gpus=("8xL4",), vram="6GiB")))
     # Other processes hold 3 GiB of a 24 GB card: the planner lowers gpu_memory_utilization to what is free.
-    busy = hardware.simulate(base, gpus=("RTX 4090",))
+    busy = simulate(base, gpus=("RTX 4090",))
     gpu = busy.gpus[0]
     out.append(
         ("busy RTX 4090", replace(busy, gpus=(replace(gpu, memory_free_bytes=gpu.memory_total_bytes - 3 * GiB),)))
@@ -121,7 +124,7 @@ def _models() -> list[ModelSpec]:
     # A model already on disk: the command names the folder instead of the Hugging Face repo.
     qwen = load_profile("qwen3-4b-instruct-2507")
     local = tuple(
-        replace(a, path=f"/srv/models/{a.repo.rsplit('/', 1)[-1]} ({a.precision})") if a.engine == "vllm" else a
+        replace(a, path=f"/srv/models/{a.repo.rsplit('/', 1)[-1]} ({a.precision})") if a.format == "safetensors" else a
         for a in qwen.artifacts
     )
     models.append(replace(qwen, artifacts=local))

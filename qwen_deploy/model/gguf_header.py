@@ -161,8 +161,13 @@ def _read_array(cur: _Cursor, depth: int = 0) -> tuple[list[Any] | None, int]:
 
 def read_header(path: str | Path) -> GGUFHeader:
     """Parse a GGUF file's metadata and tensor table; GGUFError when it is not one or is truncated."""
+    import stat
+
+    info = Path(path).stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise GGUFError("it is not a regular file")
     with open(path, "rb") as handle:
-        size = Path(path).stat().st_size
+        size = info.st_size
         if size < 24:
             raise GGUFError("the file is too short to be a GGUF")
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -205,14 +210,19 @@ def _parse(buf: Any, size: int) -> GGUFHeader:
         if type_id not in GGML_TYPES:
             raise GGUFError(f"tensor {name!r} has unknown ggml type {type_id}")
         type_name, block, type_size = GGML_TYPES[type_id]
+        if not shape or any(dim < 1 for dim in shape) or shape[0] % block:
+            raise GGUFError(f"tensor {name!r} has an impossible shape {shape} for {type_name}")
         n_elements = 1
         for dim in shape:
             n_elements *= dim
         infos.append(TensorInfo(name, type_name, shape, n_elements, n_elements // block * type_size, offset))
     alignment = fields.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0:
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or not 0 < alignment <= 1 << 20:
         raise GGUFError("general.alignment is not a positive number")
     data_offset = -(-cur.pos // alignment) * alignment
+    misaligned = next((t.name for t in infos if t.offset % alignment), None)
+    if misaligned is not None:
+        raise GGUFError(f"tensor {misaligned!r} does not start on a {alignment}-byte boundary")
     end = max((t.offset + t.n_bytes for t in infos), default=0)
     if data_offset + end > size:
         raise GGUFError(
