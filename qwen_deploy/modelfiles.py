@@ -69,7 +69,7 @@ def fetch_gguf(art: Artifact, cache: Path) -> Path:
     if art.path and Path(art.path).is_file():
         return Path(art.path)
     if not art.file:
-        raise UsageError(f"the plan's llama.cpp artifact ({art.repo}) names no GGUF file.")
+        raise UsageError(f"the plan's GGUF artifact ({art.repo}) names no file.")
     if offline():
         raise _not_cached(art, cache)
     partial = sum(p.stat().st_size for p in (cache / hub_repo_folder(art.repo) / "blobs").glob("*.incomplete"))

@@ -54,7 +54,7 @@ def print_plan(plan: Plan) -> None:
     where = ", ".join(f"{g.name} ({format_size(g.memory_total_bytes)})" for g in hw.gpus) or "no GPU"
     console.print(
         f"[bold]{plan.model.id}[/bold] on {where}; {format_size(hw.memory.total_bytes)} RAM "
-        f"({format_size(ram_budget(hw))} for llama.cpp), {hw.cpu.physical_cores} cores"
+        f"({format_size(ram_budget(hw))} for engines on the CPU), {hw.cpu.physical_cores} cores"
     )
     table = Table(show_lines=False)
     for col, kw in [
@@ -155,7 +155,7 @@ def print_gpus(rows: list[dict[str, Any]]) -> None:
 
 def print_status(rows: list[dict[str, Any]]) -> None:
     table = Table(title="Servers started by qwen-deploy")
-    for column in ("name", "state", "pid", "url", "engine", "model", "context", "up", "log"):
+    for column in ("name", "state", "pid", "url", "listens on", "engine", "model", "context", "up", "log"):
         table.add_column(column, no_wrap=column in ("name", "url", "log"))
     for row in rows:
         answering = "" if row["answering"] else " (not answering)"
@@ -164,6 +164,7 @@ def print_status(rows: list[dict[str, Any]]) -> None:
             row["state"] + answering,
             str(row["pid"]),
             row["url"] + "/v1",
+            row["bind"],
             row["engine"],
             row["served_name"],
             f"{row['context']:,}",

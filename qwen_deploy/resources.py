@@ -44,7 +44,9 @@ def compile_profiles() -> dict[str, Any]:
     """Every shipped profile parsed from its YAML: {"gpus": ..., "models": {name: ...}}."""
     root = profiles_dir()
     models = {p.stem: _yaml_load(p.read_text(encoding="utf-8")) for p in sorted((root / "models").glob("*.yaml"))}
-    return {"gpus": _yaml_load((root / "gpus.yaml").read_text(encoding="utf-8")), "models": models}
+    gpus = _yaml_load((root / "gpus.yaml").read_text(encoding="utf-8"))
+    apple = _yaml_load((root / "apple.yaml").read_text(encoding="utf-8"))
+    return {"gpus": gpus, "apple": apple, "models": models}
 
 
 @functools.cache
@@ -59,7 +61,7 @@ def _profiles() -> dict[str, Any]:
 
 
 def load_profile_data(kind: str, name: str | None = None) -> Any:
-    """A shipped profile: load_profile_data("gpus"), load_profile_data("models", "qwen3-4b-instruct-2507")
+    """A shipped profile: load_profile_data("gpus"), ("apple"), load_profile_data("models", "qwen3-4b-instruct-2507")
     (None when there is no such model), or load_profile_data("models") for all of them."""
     data = _profiles()[kind]
     return data if name is None else data.get(name)

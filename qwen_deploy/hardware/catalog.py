@@ -16,14 +16,15 @@ from qwen_deploy.units import parse_size
 @dataclass(frozen=True)
 class CatalogGPU:
     key: str
-    name: str  # as NVML reports it
+    name: str  # as NVML (or Metal) reports it
     aliases: tuple[str, ...]
-    memory_total_bytes: int
+    memory_total_bytes: int  # NVML total; for Apple Silicon the Metal working set of its unified memory
     compute_capability: str
     memory_bandwidth_gbps: float
     source: str
     cuda_total_bytes: int | None = None
     backend: str = "cuda"
+    unified_memory_bytes: int | None = None  # Apple Silicon: the Mac's RAM, shared by CPU and GPU
 
 
 def _norm(name: str) -> str:
@@ -49,15 +50,26 @@ def gpu_catalog() -> tuple[CatalogGPU, ...]:
     )
 
 
-def find_catalog_gpu(name: str, catalog: tuple[CatalogGPU, ...] | None = None) -> CatalogGPU | None:
-    """The catalog entry whose key, NVML name or an alias matches `name` (case and punctuation ignored)."""
+def find_catalog_gpu(
+    name: str, catalog: tuple[CatalogGPU, ...] | None = None, memory_bytes: int | None = None
+) -> CatalogGPU | None:
+    """The catalog entry whose key, NVML name or an alias matches `name` (case and punctuation ignored).
+    Some cards share a name across memory sizes (RTX 3060 8/12 GB, RTX 4060 Ti 8/16 GB ...): with the memory
+    the driver reports, the entry closest to it wins; without, the first (the catalog lists the common one
+    first)."""
     wanted = _norm(name)
     if not wanted:
         return None
-    for entry in catalog if catalog is not None else gpu_catalog():
-        if wanted in {_norm(entry.key), _norm(entry.name), *(_norm(a) for a in entry.aliases)}:
-            return entry
-    return None
+    found = [
+        entry
+        for entry in (catalog if catalog is not None else gpu_catalog())
+        if wanted in {_norm(entry.key), _norm(entry.name), *(_norm(a) for a in entry.aliases)}
+    ]
+    if not found:
+        return None
+    if memory_bytes is None:
+        return found[0]
+    return min(found, key=lambda e: abs(e.memory_total_bytes - memory_bytes))
 
 
 def lookup_gpu(name: str, catalog: tuple[CatalogGPU, ...] | None = None) -> CatalogGPU:
@@ -68,6 +80,11 @@ def lookup_gpu(name: str, catalog: tuple[CatalogGPU, ...] | None = None) -> Cata
     found = find_catalog_gpu(name, catalog)
     if found:
         return found
+    if re.search(r"radeon|\bamd\b|\barc\b|intel|instinct|\bmi[0-9]{3}", name, re.I):
+        raise UsageError(
+            f"{values.show(name)} is not a GPU qwen-deploy plans for: it plans NVIDIA GPUs (CUDA) and Apple Silicon "
+            "(Metal). To fix: plan for the machine's CPU with --no-gpu."
+        )
     names = [e.key for e in catalog]
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.3)
     by_norm = {_norm(e.key): e.key for e in catalog}
@@ -77,6 +94,68 @@ def lookup_gpu(name: str, catalog: tuple[CatalogGPU, ...] | None = None) -> Cata
     raise UsageError(
         f"unknown GPU {values.show(name)}.{hint} `qwen-deploy gpus` lists the catalog; or describe it with --vram SIZE."
     )
+
+
+# ----------------------------------------------------------------------------- Apple Silicon
+
+GiB = 1024**3
+_APPLE_SPEC = re.compile(r"^(?P<chip>.+?)\s*(?:(?P<cores>[0-9]{1,3})\s*-?\s*core\s*(?:gpu)?\s*)?(?P<gb>[0-9]{1,4})\s*gb$", re.I)
+
+
+def metal_working_set_bytes(ram_bytes: int, wired_limit_mb: int | None = None) -> int:
+    """What Metal lets one process keep resident (MTLDevice.recommendedMaxWorkingSetSize), as macOS 13-15
+    set it by default: 2/3 of RAM up to 32 GB, 3/4 from 36 GB (public llama.cpp/Ollama logs: 8 GB -> 5461 MiB,
+    16 GB -> 10922.67 MiB, 32 GB -> 21845.34 MiB, 36 GB -> 27648 MiB, 64 GB -> 49152 MiB, 128 GB -> 98304 MiB;
+    tests/data/metal_working_set.yaml). macOS 26 gives a larger share (0.74-0.87); the older, lower rule is
+    the default so that no plan fits on paper and fails on the Mac. `sysctl iogpu.wired_limit_mb=N` (when set)
+    makes Metal report exactly N MiB."""
+    if wired_limit_mb:
+        return wired_limit_mb * 1024**2
+    ram_mib = ram_bytes // 1024**2
+    fraction = (2, 3) if ram_bytes <= 32 * GiB else (3, 4)
+    return ram_mib * fraction[0] // fraction[1] * 1024**2
+
+
+def _apple_chips() -> dict:
+    from qwen_deploy.resources import load_profile_data
+
+    return load_profile_data("apple")["chips"]
+
+
+def apple_gpu(spec: str) -> CatalogGPU | None:
+    """'M2 16GB', 'M3 Max 64GB', 'Apple M4 Pro 24 GB', 'M3 Ultra 80-core 96GB' -> a Metal GPU with that Mac's
+    working set; None when `spec` names no Apple chip. A chip without its memory, or with a size Apple did
+    not sell, is a usage error that lists the sizes."""
+    m = _APPLE_SPEC.match(spec.strip())
+    chip_text = m.group("chip") if m else spec.strip()
+    wanted = _norm(chip_text)
+    for key, chip in _apple_chips().items():
+        if wanted not in {_norm(key), _norm(chip["name"]), *(_norm(str(a)) for a in chip.get("aliases", ()))}:
+            continue
+        sold = sorted({g for v in chip["variants"] for g in v["memory_options_gb"]})
+        sizes = ", ".join(f"{key} {g}GB" for g in sold)
+        if m is None:
+            raise UsageError(f"--gpu {values.show(spec)}: a Mac's limits depend on its memory; name it, as {sizes}.")
+        gb, cores = int(m.group("gb")), int(m.group("cores")) if m.group("cores") else None
+        if gb not in sold:
+            raise UsageError(f"--gpu {values.show(spec)}: Apple sold the {key} with {', '.join(map(str, sold))} GB.")
+        variants = [v for v in chip["variants"] if gb in v["memory_options_gb"] and cores in (None, v["gpu_cores"])]
+        if not variants:
+            raise UsageError(f"--gpu {values.show(spec)}: no {key} with {cores} GPU cores was sold with {gb} GB.")
+        variant = min(variants, key=lambda v: v["memory_bandwidth_gbps"])  # the slower part when both exist
+        ram = gb * GiB  # Apple's "GB" of RAM are GiB
+        return CatalogGPU(
+            key=f"{key} {gb}GB",
+            name=chip["name"],
+            aliases=(),
+            memory_total_bytes=metal_working_set_bytes(ram),
+            compute_capability="",
+            memory_bandwidth_gbps=float(variant["memory_bandwidth_gbps"]),
+            source=chip.get("source", ""),
+            backend="metal",
+            unified_memory_bytes=ram,
+        )
+    return None
 
 
 # A count is written before the name ('2xL4', '2 x L4', '2×L4') or after it ('L4x2', 'L4 x 2'). After the
@@ -100,6 +179,8 @@ def parse_gpu_spec(spec: str, catalog: tuple[CatalogGPU, ...] | None = None) -> 
     text = values.text(spec, "--gpu", 200, allow_empty=True).strip()
     if not text:
         raise UsageError("--gpu names no GPU; write a catalog name such as 'RTX 4090' or '2xL4'.")
+    if (mac := apple_gpu(text)) is not None:
+        return 1, mac
     catalog = catalog if catalog is not None else gpu_catalog()
     whole = find_catalog_gpu(text, catalog)
     if whole:  # a catalog name as it is ('RTX 3080', 'GTX 1650'): no count to read
@@ -153,14 +234,20 @@ def simulate(
     hw = base
     if gpus or vram is not None:
         cards: list[GPU] = []
+        macs: list[CatalogGPU] = []
         catalog = gpu_catalog() if gpus else ()
         for spec in gpus:
             count, entry = parse_gpu_spec(spec, catalog)
             cards += [_catalog_gpu(len(cards) + i, entry) for i in range(count)]
+            if entry.unified_memory_bytes:
+                macs.append(entry)
         if len(cards) > MAX_GPU_COUNT:
             raise UsageError(f"--gpu describes {len(cards)} GPUs; plan for at most {MAX_GPU_COUNT} per machine.")
-        if len({c.backend for c in cards}) > 1:
-            raise UsageError("--gpu mixes NVIDIA and Apple GPUs; one machine has one kind.")
+        if len({c.backend for c in cards}) > 1 or sum(c.backend == "metal" for c in cards) > 1:
+            raise UsageError("--gpu describes one Mac (a single Apple chip) or NVIDIA cards, not a mix.")
+        unified = next((e.unified_memory_bytes for e in macs), None)
+        if unified and ram is None:  # a Mac's RAM is its GPU's memory: the machine is that Mac
+            hw = replace(hw, memory=Memory(total_bytes=unified, available_bytes=unified))
         if vram is not None:
             size = parse_size(vram)
             if size < MIN_GPU_BYTES:

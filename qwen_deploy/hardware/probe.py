@@ -280,7 +280,7 @@ def probe_gpus() -> tuple[GPU, ...]:
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
             if catalog is None:
                 catalog = gpu_catalog()
-            entry = find_catalog_gpu(name, catalog)
+            entry = find_catalog_gpu(name, catalog, int(mem.total))
             gpus.append(
                 GPU(
                     index=index,
