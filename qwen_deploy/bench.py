@@ -72,7 +72,9 @@ def resolve_target(name: str | None, url: str | None, model: str | None, api_key
         listed = endpoint.get("/v1/models", timeout=10)
     except HTTPFailure as exc:
         raise QwenDeployError(f"{base} does not answer /v1/models: {exc}.") from None
-    cards = [m for m in (listed.get("data", []) if isinstance(listed, dict) else []) if isinstance(m, dict)]
+    if not isinstance(listed, dict) or not isinstance(listed.get("data"), list):
+        raise NotOpenAI(f"{base} is not an OpenAI-compatible server: /v1/models did not answer with a model list.")
+    cards = [m for m in listed["data"] if isinstance(m, dict)]
     if not model:
         if not cards:
             raise QwenDeployError(f"{base} lists no models; pass --model NAME.")

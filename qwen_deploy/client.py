@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -176,9 +177,9 @@ def parse_url(url: str, what: str = "--url") -> str:
         port = parts.port
     except ValueError:
         raise UsageError(f"{what} must look like http://HOST:PORT, not {show(url)}.") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or not str(url).isprintable():
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
         raise UsageError(f"{what} must look like http://HOST:PORT, not {show(url)}.")
-    host = parts.hostname
     netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
     return f"{parts.scheme}://{netloc}"
 

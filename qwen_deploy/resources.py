@@ -115,7 +115,10 @@ def load_yaml_file(path: str | os.PathLike[str], what: str) -> Any:
         problem = getattr(exc, "problem", None) or "malformed YAML"
         raise UsageError(f"{what} {str(path)!r} is not valid YAML{where}: {problem}.") from None
     except (RecursionError, ValueError, OverflowError) as exc:  # deeply nested or absurd scalars
-        raise UsageError(f"{what} {str(path)!r} cannot be read as YAML: {type(exc).__name__}.") from None
+        why = "a number in it has thousands of digits" if "digits" in str(exc) else f"{type(exc).__name__}"
+        if isinstance(exc, RecursionError):
+            why = "it is nested too deeply"
+        raise UsageError(f"{what} {str(path)!r} cannot be read as YAML: {why}.") from None
 
 
 def _write_error(target: Path, exc: OSError) -> QwenDeployError:

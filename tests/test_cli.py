@@ -1,6 +1,7 @@
 """The command line, driven like a user would: exit codes, JSON, files, one-sentence errors."""
 
 import json
+from pathlib import Path
 import re
 import subprocess
 import sys
@@ -100,6 +101,26 @@ def test_nothing_fits_exits_3_with_a_fix(hw_file):
         (["plan", "--cpus", "0"], 2, "--cpus"),
         (["plan", "--min-context", "300000"], 2, "beyond"),
         (["plan", "--gpu", "0xL4"], 2, "from 1 to 64"),
+        (["plan", "--gpu", "2x2xL4"], 2, "more than one count"),
+        # numbers at the boundary: NaN, infinity, huge, Unicode digits, empty
+        (["plan", "--vram", ""], 2, "must not be empty"),
+        (["plan", "--ram", ""], 2, "must not be empty"),
+        (["plan", "--ram", "9" * 5000], 2, "--ram"),
+        (["plan", "--ram", "١٦GiB"], 2, "is not a size"),
+        (["plan", "--cpus", "٨"], 2, "digits 0-9"),
+        (["plan", "--cpus", "9" * 5000], 2, "--cpus"),
+        (["plan", "--context", "9" * 5000], 2, "--context"),
+        (["plan", "--context", "٣٢K"], 2, "--context"),
+        (["plan", "--min-context", "nan"], 2, "--min-context"),
+        (["plan", "--concurrency", "nan"], 2, "--concurrency"),
+        (["plan", "--concurrency", "1e400"], 2, "--concurrency"),
+        (["plan", "--gpu-memory-utilization", "nan"], 2, "--gpu-memory-utilization"),
+        (["plan", "--gpu-memory-utilization", "0"], 2, "--gpu-memory-utilization"),
+        (["plan", "--port", "٨٠٠٠"], 2, "--port"),
+        (["plan", "--port", "99999"], 2, "--port"),
+        (["plan", "--hardware", "/dev/zero"], 2, "not a regular file"),
+        (["plan", "--hardware", "/"], 2, "is a folder"),
+        (["plan", "--model", "/dev/zero"], 2, "not a regular file"),
     ],
 )
 def test_bad_input_is_one_sentence_and_a_usage_exit(hw_file, args, code, message):
@@ -264,3 +285,100 @@ def test_a_closed_stdout_or_stderr_does_not_turn_success_into_a_crash(args, clos
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_fifo_is_refused_not_waited_for(tmp_path):
+    """Opening a FIFO blocks until someone writes to it: every file option refuses it first."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args in (
+        ["plan", "--hardware", str(fifo)],
+        ["plan", "--model", str(fifo)],
+        ["up", "--model-file", str(fifo), "--dry-run"],
+        ["up", "--api-key-file", str(fifo), "--dry-run", "--model", "qwen3-4b"],
+        ["up", str(fifo), "--dry-run"],
+    ):
+        done = subprocess.run([sys.executable, "-m", "qwen_deploy", *args], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2 and "not a regular file" in done.stderr, (args, done.stderr)
+
+
+def test_nan_in_a_hardware_file_is_refused_and_json_stays_json(tmp_path, hw_file):
+    data = json.loads(Path(hw_file).read_text())
+    data["cpu"]["memory_bandwidth_gbps"] = float("nan")
+    bad = tmp_path / "nan.json"
+    bad.write_text(json.dumps(data))  # json.dumps writes the bare NaN the issue reproduced
+    code, out, err = run("plan", "--hardware", str(bad), "--json")
+    assert code == 2 and "memory_bandwidth_gbps" in err and out == ""
+    code, out, _ = run("plan", "--hardware", hw_file, "--json")
+    json.loads(out, parse_constant=lambda c: pytest.fail(f"plan --json printed {c}"))
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d["cpu"].update(physical_cores=0), "physical_cores must be from 1"),
+        (lambda d: d["cpu"].update(physical_cores="8"), "physical_cores must be a whole number"),
+        (lambda d: d["cpu"].update(logical_cores=10**20), "logical_cores must be from 1"),
+        (lambda d: d["memory"].update(total_bytes=-1), "total_bytes' must be from 0"),
+        (lambda d: d["memory"].update(total_bytes=1.5e10), "total_bytes' must be a whole number"),
+        (lambda d: d.update(gpus=[{"index": 0, "name": "x", "memory_total_bytes": 2**34, "memory_free_bytes": 0,
+                                   "compute_capability": "١.٠"}]), "compute_capability must look like"),
+        (lambda d: d.update(gpus="none"), "gpus must be a list"),
+        (lambda d: d["cpu"].update(flags="avx2"), "cpu.flags must be a list"),
+    ],
+)
+def test_bad_hardware_files(tmp_path, hw_file, edit, message):
+    data = json.loads(Path(hw_file).read_text())
+    edit(data)
+    bad = tmp_path / "hw.json"
+    bad.write_text(json.dumps(data))
+    code, _, err = run("plan", "--hardware", str(bad))
+    assert code == 2 and message in err and "bug" not in err, err
+
+
+def test_a_5000_digit_number_in_a_hardware_file(tmp_path, hw_file):
+    text = Path(hw_file).read_text().replace('"total_bytes": ', '"total_bytes": ' + "9" * 5000 + "0 * ", 1)
+    text = text.replace("0 * ", "", 1)  # the digits replace the number: {"total_bytes": 9999...}
+    bad = tmp_path / "hw.json"
+    bad.write_text(text)
+    code, _, err = run("plan", "--hardware", str(bad))
+    assert code == 2 and "hardware file" in err and "bug" not in err, err
+
+
+def test_plan_output_errors_are_clear(tmp_path, hw_file):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user that can write anywhere (root): no read-only folder to test")
+        code, _, err = run("plan", "--hardware", hw_file, "-o", str(locked / "plan.yaml"))
+        assert code == 1 and "cannot write" in err and "bug" not in err
+    finally:
+        os.chmod(locked, 0o700)
+    code, _, err = run("plan", "--hardware", hw_file, "-o", str(Path(hw_file)) + "/plan.yaml")  # a file as folder
+    assert code == 1 and "cannot write" in err
+
+
+def test_exposure_needs_a_key_or_an_explicit_insecure_flag(small_gguf, tmp_path):
+    """A bind other machines can reach, with no API key, is refused (exit 2, To fix:) unless the user says so;
+    the dry run reports the real bind."""
+    base = ["up", "--model-file", str(small_gguf), "--dry-run", "--json"]
+    for host in ("0.0.0.0", "::", "192.0.2.7", "example.org"):
+        code, _, err = run(*base, "--host", host)
+        assert code == 2 and "with no API key" in err and "To fix:" in err, (host, err)
+    code, out, err = run(*base, "--host", "0.0.0.0", "--insecure-no-api-key")
+    assert code == 0, err
+    assert json.loads(out)["bind"] == "all interfaces, port 8000"
+    key = tmp_path / "key"
+    key.write_text("sk-test\n")
+    code, out, err = run(*base, "--host", "0.0.0.0", "--api-key-file", str(key))
+    assert code == 0 and "sk-test" not in out, err
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.5"):
+        assert run(*base, "--host", host)[0] in (0, 1), host  # loopback needs no key (1: not an address here)
+    code, _, err = run("ui", "--url", "http://127.0.0.1:1", "--host", "0.0.0.0")
+    assert code == 2 and "no login" in err

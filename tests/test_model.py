@@ -220,3 +220,104 @@ def test_corrupt_gguf_is_a_clear_error(small_gguf, tmp_path, damage):
     bad.write_bytes({"truncate": data[: len(data) // 3], "garbage": b"GGUF" + b"\xff" * 64, "empty": b""}[damage])
     with pytest.raises(UsageError, match="GGUF|gguf"):
         spec_from_gguf(bad)
+
+
+# ----------------------------------------------------------------------------- hostile geometry
+
+import json as _json  # noqa: E402
+import struct  # noqa: E402
+
+from qwen_deploy.errors import UsageError  # noqa: E402
+from tests.test_cli import run  # noqa: E402
+
+QWEN3_CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "num_hidden_layers": 36, "hidden_size": 2560,
+    "intermediate_size": 9728, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+    "vocab_size": 151936, "max_position_embeddings": 262144, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"num_key_value_heads": -2}, "'num_key_value_heads' must be from 1"),
+        ({"num_key_value_heads": 0}, "'num_key_value_heads' must be from 1"),
+        ({"num_key_value_heads": "8"}, "'num_key_value_heads' must be a whole number, not '8'"),
+        ({"num_key_value_heads": 5}, "not a multiple of 5 KV heads"),
+        ({"num_hidden_layers": True}, "'num_hidden_layers' must be a whole number, not True"),
+        ({"num_hidden_layers": 2.5}, "'num_hidden_layers' must be a whole number"),
+        ({"head_dim": 0}, "'head_dim' must be from 1"),
+        ({"max_position_embeddings": 0}, "'max_position_embeddings' must be from 1"),
+        ({"vocab_size": "big"}, "'vocab_size' must be a whole number"),
+        ({"hidden_size": 10**30}, "'hidden_size' must be from 1"),
+    ],
+)
+def test_bad_hf_config_geometry_is_refused(tmp_path, change, message):
+    (tmp_path / "config.json").write_text(_json.dumps({**QWEN3_CONFIG, **change}))
+    with pytest.raises(UsageError, match=message):
+        resolve_model(str(tmp_path))
+    code, _, err = run("plan", "--model", str(tmp_path), "--gpu", "RTX 4090")
+    assert code == 2 and "bug" not in err
+
+
+def test_a_good_hf_config_plans(tmp_path):
+    (tmp_path / "config.json").write_text(_json.dumps(QWEN3_CONFIG))
+    spec = resolve_model(str(tmp_path))
+    assert (spec.layers, spec.kv_heads, spec.head_dim) == (36, 8, 128)
+
+
+def _gguf(path, kvs: dict, tensors=(("token_embd.weight", 1, (64, 16), 0),), alignment_pad: bool = True):
+    """A GGUF written byte by byte: kvs {key: (gguf value type, value)}; tensors (name, ggml type, shape,
+    offset). Types: 4 uint32, 5 int32, 8 string."""
+    fmt = {4: "<I", 5: "<i", 6: "<f"}
+
+    def string(text: str) -> bytes:
+        raw = text.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    body = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs))
+    for key, (kind, value) in kvs.items():
+        body += string(key) + struct.pack("<I", kind)
+        body += string(value) if kind == 8 else struct.pack(fmt[kind], value)
+    for name, ggml_type, shape, offset in tensors:
+        body += string(name) + struct.pack("<I", len(shape)) + b"".join(struct.pack("<Q", d) for d in shape)
+        body += struct.pack("<IQ", ggml_type, offset)
+    body += b"\0" * (-len(body) % 32)
+    body += b"\0" * 8192  # tensor data
+    path.write_bytes(body)
+    return path
+
+
+GOOD_KV = {
+    "general.architecture": (8, "qwen3"), "qwen3.block_count": (4, 2), "qwen3.embedding_length": (4, 64),
+    "qwen3.attention.head_count": (4, 4), "qwen3.attention.head_count_kv": (4, 2), "qwen3.vocab_size": (4, 16),
+    "qwen3.context_length": (4, 4096),
+}  # fmt: skip
+
+
+def test_a_hand_written_gguf_reads(tmp_path):
+    spec = spec_from_gguf(_gguf(tmp_path / "ok.gguf", GOOD_KV))
+    assert (spec.layers, spec.kv_heads, spec.head_dim, spec.max_context) == (2, 2, 16, 4096)
+
+
+@pytest.mark.parametrize(
+    "kv,tensors,message",
+    [
+        ({"qwen3.attention.head_count_kv": (5, -2)}, None, "head_count_kv must be from 1"),
+        ({"qwen3.attention.head_count_kv": (4, 3)}, None, "not a multiple of 3 KV heads"),
+        ({"qwen3.block_count": (8, "lots")}, None, "block_count must be a whole number"),
+        ({"qwen3.context_length": (4, 0)}, None, "context_length must be from 1"),
+        ({"qwen3.embedding_length": (6, 64.0)}, None, "embedding_length must be a whole number"),
+        ({"general.architecture": (4, 7)}, None, "no general.architecture"),
+        ({}, (("w", 8, (33, 4), 0),), "impossible shape"),  # Q8_0 rows are whole 32-element blocks
+        ({}, (("w", 1, (64, 16), 7),), "32-byte boundary"),
+        ({}, (("w", 1, (64, 0), 0),), "impossible shape"),
+        ({}, (("w", 1, (2**40, 2**20), 0),), "truncated"),
+    ],
+)
+def test_bad_gguf_geometry_is_refused(tmp_path, kv, tensors, message):
+    path = _gguf(tmp_path / "bad.gguf", {**GOOD_KV, **kv}, tensors or (("token_embd.weight", 1, (64, 16), 0),))
+    with pytest.raises(UsageError, match=message):
+        spec_from_gguf(path)
+    code, _, err = run("plan", "--model", str(path))
+    assert code == 2 and "bug" not in err and "Traceback" not in err

@@ -61,6 +61,10 @@ def up(
         raise UsageError("--memory-limit below 64MiB cannot run any engine.")
     if name:
         state.check_name(name)
+    if api_key_file is not None:
+        from qwen_deploy.client import read_api_key
+
+        read_api_key(api_key_file)  # a bad key file is refused now, not after the model is downloaded
     result, host, port, replan = plan_for_up(ctx, plan_file, model_file, options)
     check_exposure(host, api_key_file is not None, insecure_no_api_key)
     if result.choice is None:
