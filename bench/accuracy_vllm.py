@@ -111,7 +111,9 @@ def main() -> None:
     )
     # V1 checks: weights and block arithmetic for Qwen3-4B-Instruct-2507 (calibration vllm-13, vllm-15).
     qwen = load_profile("qwen3-4b-instruct-2507")
-    loaded = vm.vllm_loaded_weights(qwen.artifact("safetensors", "bf16").weights_bytes, 1, qwen.max_context, qwen.head_dim)
+    loaded = vm.vllm_loaded_weights(
+        qwen.artifact("safetensors", "bf16").weights_bytes, 1, qwen.max_context, qwen.head_dim
+    )
     blocks = int(34.72 * GiB) // (vm.VLLM_BLOCK_SIZE * memory.kv_bytes_per_token(36, 8, 128, "auto"))
     lines.append(
         f"\nV1, Qwen3-4B-Instruct-2507: predicted 'Model loading took' {loaded / GiB:.4f} GiB vs logged 7.6065 GiB "

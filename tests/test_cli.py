@@ -1,10 +1,10 @@
 """The command line, driven like a user would: exit codes, JSON, files, one-sentence errors."""
 
 import json
-from pathlib import Path
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -323,8 +323,20 @@ def test_nan_in_a_hardware_file_is_refused_and_json_stays_json(tmp_path, hw_file
         (lambda d: d["cpu"].update(logical_cores=10**20), "logical_cores must be from 1"),
         (lambda d: d["memory"].update(total_bytes=-1), "total_bytes' must be from 0"),
         (lambda d: d["memory"].update(total_bytes=1.5e10), "total_bytes' must be a whole number"),
-        (lambda d: d.update(gpus=[{"index": 0, "name": "x", "memory_total_bytes": 2**34, "memory_free_bytes": 0,
-                                   "compute_capability": "١.٠"}]), "compute_capability must look like"),
+        (
+            lambda d: d.update(
+                gpus=[
+                    {
+                        "index": 0,
+                        "name": "x",
+                        "memory_total_bytes": 2**34,
+                        "memory_free_bytes": 0,
+                        "compute_capability": "١.٠",
+                    }
+                ]
+            ),
+            "compute_capability must look like",
+        ),
         (lambda d: d.update(gpus="none"), "gpus must be a list"),
         (lambda d: d["cpu"].update(flags="avx2"), "cpu.flags must be a list"),
     ],

@@ -203,7 +203,9 @@ def test_a_slow_answer_is_cut_off_at_the_timeout():
         stop()
 
 
-@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:abc", "ftp://x", "http://", "127.0.0.1:8000", "http://a b"])
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "http://127.0.0.1:abc", "ftp://x", "http://", "127.0.0.1:8000", "http://a b"]
+)
 def test_malformed_urls_are_usage_errors(url):
     from qwen_deploy.errors import UsageError
 

@@ -225,9 +225,7 @@ def test_corrupt_gguf_is_a_clear_error(small_gguf, tmp_path, damage):
 # ----------------------------------------------------------------------------- hostile geometry
 
 import json as _json  # noqa: E402
-import struct  # noqa: E402
 
-from qwen_deploy.errors import UsageError  # noqa: E402
 from tests.test_cli import run  # noqa: E402
 
 QWEN3_CONFIG = {

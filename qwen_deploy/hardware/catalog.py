@@ -99,7 +99,9 @@ def lookup_gpu(name: str, catalog: tuple[CatalogGPU, ...] | None = None) -> Cata
 # ----------------------------------------------------------------------------- Apple Silicon
 
 GiB = 1024**3
-_APPLE_SPEC = re.compile(r"^(?P<chip>.+?)\s*(?:(?P<cores>[0-9]{1,3})\s*-?\s*core\s*(?:gpu)?\s*)?(?P<gb>[0-9]{1,4})\s*gb$", re.I)
+_APPLE_SPEC = re.compile(
+    r"^(?P<chip>.+?)\s*(?:(?P<cores>[0-9]{1,3})\s*-?\s*core\s*(?:gpu)?\s*)?(?P<gb>[0-9]{1,4})\s*gb$", re.I
+)
 
 
 def metal_working_set_bytes(ram_bytes: int, wired_limit_mb: int | None = None) -> int:
