@@ -191,7 +191,7 @@ class ArgReader:
         if value is None:
             return default
         accepted = options if isinstance(options, dict) else {o: o for o in options}
-        if isinstance(value, bool) or value not in accepted:
+        if isinstance(value, (bool, list, dict)) or value not in accepted:
             shown = ", ".join(str(o) for o in accepted)
             raise UsageError(f"{self.where}.{key} must be one of {shown}, not {values.show(value)}.")
         return accepted[value]
