@@ -246,8 +246,8 @@ def render_systemd(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
         "downloads": unit["downloads"] and not local,
         # a user unit's engine writes the user's own HF cache ('-': no error while it does not exist yet)
         "read_write_paths": ["-%C/huggingface"] if unit["writes_hf_cache"] and o.user_unit else [],
-        # /proc beyond the unit's own processes: GPU engines read /proc/meminfo and the driver's files
-        "proc_subset_pid": c.device == "cpu",
+        # the strict sandbox (seccomp, W^X, /proc subset) is proven for engines on the CPU only
+        "cpu_sandbox": unit.get("cpu_sandbox", c.device == "cpu"),
     }
     files = {f"{o.name}.service": _env().get_template("systemd.service.j2").render(**context)}
     if o.ui:
