@@ -65,6 +65,10 @@ class Request:
     prefer: str = "balanced"  # balanced | quality | speed
     host: str = "127.0.0.1"
     port: int = 8000
+    tensor_parallel_size: int | None = None  # None: the planner chooses (tensor parallel only when needed)
+    data_parallel_size: int | None = None  # replicas; None: as many as the GPUs allow
+    # engine name -> {"version": "0.19.1", "source": "installed" | "--vllm-version" ...}: whose rules apply
+    engine_versions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +82,9 @@ class Request:
             "prefer": self.prefer,
             "host": self.host,
             "port": self.port,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "data_parallel_size": self.data_parallel_size,
+            "engine_versions": {k: dict(v) for k, v in self.engine_versions.items()},
         }
 
 

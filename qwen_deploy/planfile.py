@@ -61,6 +61,15 @@ def _request(data: Any, where: str):
         if kwargs.get(key) is not None:
             values.text(kwargs[key], f"{w}.{key}", 64)
     values.text(kwargs.get("prefer", "balanced"), f"{w}.prefer", 16)
+    for key in ("tensor_parallel_size", "data_parallel_size"):
+        if kwargs.get(key) is not None:
+            values.integer(kwargs[key], f"{w}.{key}", 1, 64)
+    versions = values.mapping(kwargs.get("engine_versions") or {}, f"{w}.engine_versions")
+    for engine, entry in versions.items():
+        entry = values.mapping(entry, f"{w}.engine_versions.{engine}")
+        values.text(entry.get("version"), f"{w}.engine_versions.{engine}.version", 32)
+        values.text(entry.get("source", "given"), f"{w}.engine_versions.{engine}.source", 64)
+    kwargs["engine_versions"] = {str(k): dict(v) for k, v in versions.items()}
     values.text(kwargs.get("host", "127.0.0.1"), f"{w}.host", 253)
     values.integer(kwargs.get("port", 8000), f"{w}.port", 1, 65535)
     return Request(**kwargs)

@@ -214,65 +214,7 @@ def test_repacked_bytes_follow_the_engine_rules():
     assert source == 319_094_784 + 5_898_240 + 26_460_160
 
 
-# ----------------------------------------------------------------------------- vLLM
-
-
-def test_vllm_batch_defaults():
-    assert vm.vllm_batch_defaults(24 * GiB, "NVIDIA GeForce RTX 4090") == (2048, 256)
-    assert vm.vllm_batch_defaults(80 * GiB, "NVIDIA A100-SXM4-80GB") == (2048, 256)
-    assert vm.vllm_batch_defaults(80 * GiB, "NVIDIA H100 80GB HBM3") == (8192, 1024)
-    assert vm.vllm_batch_defaults(180 * GiB, "NVIDIA B200") == (16384, 1024)
-
-
-def test_vllm_cudagraph_count_matches_public_log():
-    # 'Profiling CUDA graph memory: PIECEWISE=51, FULL=35' with max_num_seqs 256
-    assert vm.vllm_cudagraph_count(256, 2048) == 51 + 35
-
-
-def test_vllm_activation_peak_reproduces_v0_logs():
-    # RTX 3090, Llama-3.1-8B, V0 profile at max_model_len 20000: peak_torch 17.06 − weights 14.99 = 2.07 GiB.
-    # forward 20000 × (3 × 14336 + 3 × 4096) × 2 B = 2,211,840,000 B = 2.060 GiB
-    peak = vm.vllm_activation_peak(20000, 256, 4096, 14336, 128256)
-    assert peak == 2_211_840_000
-    assert abs(peak / GiB - 2.07) < 0.02
-
-
-def test_vllm_memory_rtx_4090_by_hand():
-    """Qwen3-4B BF16 on an RTX 4090 (CUDA total 24563 MiB = 25,756,172,288 B), utilization 0.92.
-
-    budget      ceil(25,756,172,288 × 0.92)                     = 23,695,678,505
-    weights     8,044,936,192 + rope 262,144 × 128 × 2 (67,108,864) + 0.05 GiB (53,687,091) = 8,165,732,147
-    activation  max(forward 2048 × (3·9728 + 3·2560) × 2 = 150,994,944,
-                    sampler 2048 × 2560 × 2 + 14 × 256 × 151936 = 555,024,384)            = 555,024,384
-    non-torch   0.25 GiB + 132 × 151936 × 4                       = 268,435,456 + 80,222,208 = 348,657,664
-    graphs      86 × int(1.58 × 2^30 / 86) = 86 × 19,726,884      = 1,696,512,024
-    available   23,695,678,505 − 8,165,732,147 − 348,657,664 − 555,024,384 − 1,696,512,024 = 12,929,752,286
-    blocks      12,929,752,286 // (16 × 147,456 = 2,359,296)      = 5480  ->  87,680 tokens
-    """
-    est = vm.vllm_memory(
-        layers=36,
-        kv_heads=8,
-        head_dim=128,
-        hidden=2560,
-        intermediate=9728,
-        vocab=151936,
-        max_position=262144,
-        checkpoint_bytes=8_044_936_192,
-        config=vm.VllmConfig(
-            gpu_total_bytes=25_756_172_288, gpu_name="NVIDIA GeForce RTX 4090", gpu_memory_utilization=0.92
-        ),
-    )
-    assert est.budget_bytes == 23_695_678_505
-    assert est.weights_bytes == 8_165_732_147
-    assert est.parts["activation_peak_bytes"] == 555_024_384
-    assert est.parts["non_torch_bytes"] == 348_657_664
-    assert est.parts["cuda_graph_bytes"] == 1_696_512_024
-    assert est.parts["available_kv_bytes"] == 12_929_752_286
-    assert est.counts["kv_blocks"] == 5480
-    assert est.kv_capacity_tokens == 87_680
-    assert est.kv_cache_bytes == 5480 * 16 * 147_456
-    # weights within 2% of the BF16 checkpoint (8,044,936,192 B): 8,165,732,147 / 8,044,936,192 = 1.0150
-    assert 1.0 < est.weights_bytes / 8_044_936_192 < 1.02
+# ----------------------------------------------------------------------------- vLLM (the budget's terms: tests/test_calibration_vllm.py)
 
 
 def test_vllm_concurrency_formula():

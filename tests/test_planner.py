@@ -24,23 +24,91 @@ def pick(p, engine, precision, kv):
 
 
 def test_rtx_4090_bf16_numbers_follow_vllms_formula():
-    p = plan(QWEN, gpu_box("RTX 4090"), Request(engine="vllm", precision="bf16"))
+    """Qwen3-4B BF16 on an RTX 4090 by the rules of vLLM 0.33.0 (the pinned release), utilization 0.92 pinned.
+
+    CUDA total 24563 MiB = 25,756,172,288 B (catalog); NVML 24564 MiB -> 2048 tokens / 256 seqs.
+    budget      ceil(25,756,172,288 × 0.92)                                       = 23,695,678,505
+    weights     36 layers × 203,435,008 (fused tensors, allocator-rounded) + embedding 778,043,392 + final norm
+                5,120 + rope 262,144 × 128 × 2 = 67,108,864                     = 8,168,817,664
+    activation  Model Runner V2 with the warm-up pass: 18 B × 256 rows × 151,936 = 700,121,088, + kept hidden
+                2048 × 2560 × 2 + 2 × 256 × 2560 × 2 = 13,107,200, + cuBLAS (cc 8.9) 8,519,680 = 721,747,968
+                (the forward, 2048 × (3·9728 + 4·2560) × 2 = 161,480,704, is smaller)
+    non-torch   int(0.13 GiB)                                                     = 139,586,437
+    persistent  2048 × 5149 + 256 × 151,936 × 4 + 256 × 4748 × 4 (0.27+ formula)  = 170,989,568
+    graphs      51 piecewise + 35 full: 2 × int(0.18 GiB) + 84 × 6 MiB (deducted) = 915,029,360
+    available   23,695,678,505 − 8,168,817,664 − 721,747,968 − 139,586,437 − 170,989,568 − 915,029,360
+                                                                                  = 13,579,507,508
+    blocks      // (16 × 147,456 = 2,359,296) = 5755 -> 'GPU KV cache size: 92,080 tokens'
+    margin      MRV2 sampler ±6 B/logit 233,373,696 + 0.27+ formula 644,245,094 + graphs on an unobserved
+                architecture 84 × 18 MiB + 30 % of the estimate 1,859,955,720     = 2,737,574,510
+    planned     (13,579,507,508 − 2,737,574,510) // 2,359,296 = 4595 blocks, − 1 null block -> 73,504 tokens
+    """
+    p = plan(QWEN, gpu_box("RTX 4090"), Request(engine="vllm", precision="bf16", gpu_memory_utilization=0.92))
     c = p.choice
+    m = c.memory
     assert (c.engine, c.precision, c.kv_cache_dtype) == ("vllm", "bf16", "auto")
-    assert c.memory.kv_bytes_per_token == 147_456
-    # tested by hand in test_memory: 5480 blocks of 16 tokens
-    assert c.memory.kv_capacity_tokens == 87_680
-    assert c.memory.kv_cache_bytes == 87_680 * 147_456
-    # the context leaves the null block free: (5480 − 1) × 16 = 87,664
-    assert c.context == c.max_context == 87_664
-    assert c.concurrency == pytest.approx(5480 / (87_664 // 16))
-    assert c.engine_args["max-model-len"] == 87_664
+    assert (m.budget_bytes, m.weights_bytes, m.kv_bytes_per_token) == (23_695_678_505, 8_168_817_664, 147_456)
+    assert m.parts["activation_peak_bytes"] == 721_747_968
+    assert m.parts["non_torch_bytes"] == 139_586_437 and m.parts["persistent_buffers_bytes"] == 170_989_568
+    assert m.parts["cuda_graph_bytes"] == 915_029_360
+    assert m.parts["available_kv_bytes"] == 13_579_507_508
+    assert m.counts["kv_blocks"] == 5755 and m.kv_capacity_tokens == 92_080
+    assert m.kv_cache_bytes == 5755 * 2_359_296
+    assert m.parts["margin_bytes"] == 2_737_574_510 and m.counts["safe_kv_blocks"] == 4595
+    assert c.context == c.max_context == 73_504
+    assert c.concurrency == pytest.approx(4594 / (73_504 // 16))
+    assert c.engine_args["max-model-len"] == 73_504
     assert c.engine_args["gpu-memory-utilization"] == 0.92
     assert c.engine_args["dtype"] == "bfloat16"
+    assert "vLLM 0.33.0 rules" in c.reason and "2.55 GiB kept back" in c.reason
+    assert [d.name for d in m.devices] == ["CUDA0"] and m.devices[0].kv_bytes == m.kv_cache_bytes
     assert "--api-key" not in c.command
     fp8 = plan(QWEN, gpu_box("RTX 4090"), Request(engine="vllm", precision="bf16", kv_cache_dtype="fp8")).choice
     assert fp8.memory.kv_bytes_per_token == 73_728
     assert fp8.engine_args["kv-cache-dtype"] == "fp8"
+
+
+def test_24gb_cards_leave_the_sampler_warm_up_its_memory():
+    """Unpinned, the utilization leaves 1.5 GiB beside the budget (a 24 GB card at 0.9 can size the KV cache and
+    then fail the sampler warm-up: the public v1-028 launch): 25,756,172,288 − 0.5 GiB context − 1.5 GiB
+    reserve = 23,608,688,640 = 0.9166 of the total -> 0.91; pinned 0.92, the plan says the risk."""
+    auto = plan(QWEN, gpu_box("RTX 4090"), Request(engine="vllm", precision="bf16")).choice
+    assert auto.engine_args["gpu-memory-utilization"] == 0.91
+    assert "0.91, not 0.92: leaves 1.50 GiB" in auto.reason
+    pinned = plan(QWEN, gpu_box("RTX 4090"), Request(engine="vllm", precision="bf16", gpu_memory_utilization=0.92))
+    assert "risk: only 1.42 GiB stays outside the budget" in pinned.choice.reason
+    h100 = plan(QWEN, gpu_box("H100 80GB"), Request(engine="vllm", precision="bf16")).choice
+    assert h100.engine_args["gpu-memory-utilization"] == 0.92  # a data-center card keeps the default
+
+
+def test_rules_follow_the_vllm_release():
+    """The same launch under 0.19.1 (graphs not deducted, Triton sampler, utilization default 0.9) and under
+    0.33.0: different budgets, each named in the reason; a release older than 0.10 is refused in a sentence."""
+    old = plan(QWEN, gpu_box("H100 80GB"), Request(engine="vllm", precision="bf16",
+               engine_versions={"vllm": {"version": "0.19.1", "source": "--vllm-version"}})).choice  # fmt: skip
+    new = plan(QWEN, gpu_box("H100 80GB"), Request(engine="vllm", precision="bf16")).choice
+    assert old.memory.parts["cuda_graph_bytes"] == 0 < new.memory.parts["cuda_graph_bytes"]
+    assert old.engine_args["gpu-memory-utilization"] == 0.9 and new.engine_args["gpu-memory-utilization"] == 0.92
+    assert "vLLM 0.19.1 rules (--vllm-version)" in old.reason and "vLLM 0.33.0 rules" in new.reason
+    with pytest.raises(UsageError, match="0.9.2.*not modelled"):
+        plan(QWEN, gpu_box("H100 80GB"), Request(engine_versions={"vllm": {"version": "0.9.2", "source": "x"}}))
+
+
+def test_tensor_parallelism_on_request():
+    """--tensor-parallel-size pins the layout: 2×H100 at TP 2 is one replica over both GPUs (per-GPU KV heads
+    8 // 2 = 4: 73,728 B per token), against the planner's own choice of TP 1 × 2 replicas."""
+    own = plan(QWEN, gpu_box("2xH100 80GB"), Request(engine="vllm", precision="bf16")).choice
+    assert (own.tensor_parallel_size, own.replicas) == (1, 2)
+    tp2 = plan(QWEN, gpu_box("2xH100 80GB"), Request(engine="vllm", precision="bf16", tensor_parallel_size=2)).choice
+    assert (tp2.tensor_parallel_size, tp2.replicas) == (2, 1) and tp2.memory.kv_bytes_per_token == 73_728
+    assert "per GPU, tensor parallel 2" in tp2.reason and [d.name for d in tp2.memory.devices] == ["CUDA0", "CUDA1"]
+    assert tp2.engine_args["tensor-parallel-size"] == 2
+    dp = plan(QWEN, gpu_box("2xH100 80GB"), Request(engine="vllm", precision="bf16", data_parallel_size=2)).choice
+    assert (dp.tensor_parallel_size, dp.replicas) == (1, 2) and dp.engine_args["data-parallel-size"] == 2
+    too_many = plan(QWEN, gpu_box("2xH100 80GB"), Request(engine="vllm", tensor_parallel_size=4))
+    assert too_many.choice is None and all("needs 4 GPUs; this machine has 2" in c.reason for c in too_many.candidates)
+    odd = plan(QWEN, gpu_box("8xH100 80GB"), Request(engine="vllm", tensor_parallel_size=3))
+    assert all("does not divide the model's 32 attention heads" in c.reason for c in odd.candidates)
 
 
 def test_full_context_needs_36_gib_of_16_bit_kv():
@@ -161,8 +229,8 @@ def test_busy_gpu_lowers_utilization_so_vllm_can_start():
     # (20 GiB − 0.5 GiB CUDA context) / 23.99 GiB (CUDA total 24563 MiB) = 0.8129 -> 0.81
     assert c.engine_args["gpu-memory-utilization"] == 0.81
     assert "lowered to 0.81" in c.reason
-    pinned = plan(QWEN, busy, Request(engine="vllm", precision="bf16", gpu_memory_utilization=0.5)).choice
-    assert pinned.engine_args["gpu-memory-utilization"] == 0.5
+    pinned = plan(QWEN, busy, Request(engine="vllm", precision="bf16", gpu_memory_utilization=0.7)).choice
+    assert pinned.engine_args["gpu-memory-utilization"] == 0.7
 
 
 def test_pinned_utilization_on_a_busy_gpu_does_not_fit():
@@ -257,7 +325,7 @@ def test_vllm_concurrency_scales_the_context():
     four = plan(
         QWEN, gpu_box("RTX 4090"), Request(engine="vllm", precision="bf16", kv_cache_dtype="auto", concurrency=4)
     ).choice
-    assert four.context == ((one.memory.counts["kv_blocks"] - 1) // 4) * vm.VLLM_BLOCK_SIZE
+    assert four.context == ((one.memory.counts["safe_kv_blocks"] - 1) // 4) * vm.VLLM_BLOCK_SIZE
     assert four.concurrency >= 4
 
 

@@ -111,7 +111,8 @@ def _validate_all(files: dict[str, str], folder: Path, tmp_path: Path, user: boo
 
 @pytest.mark.parametrize("user", [False, True])
 def test_gpu_plan_files_pass_the_validators(tmp_path, user):
-    files = _files(gpu_plan(), tmp_path, str(_vllm_bin_dir() / "python"), user_unit=user)
+    p = gpu_plan()
+    files = _files(p, tmp_path, str(_vllm_bin_dir() / "python"), user_unit=user)
     _validate_all(files, tmp_path / "out", tmp_path, user=user)
     unit = files["qwen3.service"]
     assert "DeviceAllow=char-nvidia* rw" in unit and "PrivateDevices=no" in unit
@@ -119,9 +120,9 @@ def test_gpu_plan_files_pass_the_validators(tmp_path, user):
     k8s = list(yaml.safe_load_all(files["k8s.yaml"]))
     container = k8s[1]["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert container["args"][container["args"].index("--max-model-len") + 1] == "87664"
+    assert container["args"][container["args"].index("--max-model-len") + 1] == str(p.choice.context)
     helm = yaml.safe_load(files["helm-values.yaml"])["servingEngineSpec"]["modelSpec"][0]
-    assert (helm["requestGPU"], helm["vllmConfig"]["maxModelLen"]) == (1, 87664)
+    assert (helm["requestGPU"], helm["vllmConfig"]["maxModelLen"]) == (1, p.choice.context)
 
 
 @pytest.mark.parametrize("user", [False, True])

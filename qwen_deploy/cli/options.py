@@ -195,20 +195,54 @@ def plan_options(func):
             help="Trade-off between precision and decode speed.",
         ),
         click.option(
+            "--tensor-parallel-size", type=Integer(1, 64), help="GPUs one replica spans (default: as few as fit)."
+        ),
+        click.option("--data-parallel-size", type=Integer(1, 64), help="Replicas (default: as many as GPUs allow)."),
+        click.option(
             "--host", default="127.0.0.1", show_default=True, type=Text(253), help="Address the server binds."
         ),
         click.option(
             "--port", default="8000", show_default=True, type=Text(16), help="Port it listens on ('auto': a free one)."
         ),
     ]
+    from qwen_deploy import engines
+
+    for engine, flag in engines.version_flags().items():
+        options.append(
+            click.option(
+                f"--{flag}",
+                "engine_version_" + engine,
+                type=Text(32),
+                metavar="X.Y",
+                help=f"Plan with this {engines.label(engine)} release's memory rules (default: the installed one).",
+            )
+        )
     for option in reversed(options):
         func = option(func)
     return func
 
 
+def engine_versions(options: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """engine -> {version, source}: --ENGINE-version when given, else the installed package's version (for
+    the engines whose memory rules depend on it; popped from `options`)."""
+    from qwen_deploy import engines
+
+    out = {}
+    for engine, flag in engines.version_flags().items():
+        given = options.pop("engine_version_" + engine, None)
+        if given:
+            if not re.fullmatch(r"[0-9]{1,3}\.[0-9]{1,3}(\.[0-9]{1,4}){0,2}", given.strip()):
+                raise UsageError(f"--{flag} must be a release number such as 0.19 or 0.19.1, not {values.show(given)}.")
+            out[engine] = {"version": given.strip(), "source": f"--{flag}"}
+        elif (found := engines.installed_version(engine)) is not None:
+            out[engine] = {"version": found, "source": "installed"}
+    return out
+
+
 PLAN_OPTION_NAMES = (
     "model_ref", "hardware_file", "gpus", "vram", "ram", "cpus", "no_gpu", "context", "min_context",
     "concurrency", "engine", "precision", "kv_cache_dtype", "gpu_memory_utilization", "prefer",
+    "tensor_parallel_size", "data_parallel_size",
 )  # fmt: skip
 
 
@@ -230,7 +264,10 @@ def build_plan(
     prefer: str,
     host: str,
     port: int | str,
+    tensor_parallel_size: int | None = None,
+    data_parallel_size: int | None = None,
     artifact_format: str | None = None,
+    **versions: Any,
 ):
     """Resolve the options into hardware, model and request, and plan. Shared by plan, up and render.
     artifact_format: plan only the model's artifacts of that format (`up --model-file FILE.gguf`)."""
@@ -266,6 +303,9 @@ def build_plan(
         prefer=prefer,
         host=host,
         port=port,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+        engine_versions=engine_versions(versions),
     )
     return planner.plan(model, hw, request)
 
@@ -292,6 +332,7 @@ def plan_for_up(ctx: click.Context, plan_file: str | None, model_file: str | Non
 
     if plan_file:
         given_names = [n for n in PLAN_OPTION_NAMES if given(ctx, n)]
+        given_names += [n for n in options if n.startswith("engine_version_") and options[n] is not None]
         if given_names:
             flags = ", ".join("--" + n.replace("_ref", "").replace("_file", "").replace("_", "-") for n in given_names)
             raise UsageError(f"a plan file fixes the model, hardware and request; drop {flags} or the plan file.")

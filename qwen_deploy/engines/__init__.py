@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from qwen_deploy.engines.base import Engine
 
-# name -> (module holding ENGINE, label): the names are known without importing any engine
-BUILTIN: dict[str, tuple[str, str]] = {
-    "vllm": ("qwen_deploy.engines.vllm", "vLLM"),
-    "llamacpp": ("qwen_deploy.engines.llamacpp", "llama.cpp"),
+# name -> (module holding ENGINE, label, the option that names its version or None): known without importing
+# any engine (the CLI builds --vllm-version from this table).
+BUILTIN: dict[str, tuple[str, str, str | None]] = {
+    "vllm": ("qwen_deploy.engines.vllm", "vLLM", "vllm-version"),
+    "llamacpp": ("qwen_deploy.engines.llamacpp", "llama.cpp", None),
 }
 _registered: dict[str, Engine] = {}
 
@@ -42,6 +43,35 @@ def label(name: str) -> str:
     if name in _registered:
         return _registered[name].label
     return BUILTIN[name][1] if name in BUILTIN else name
+
+
+def version_flags() -> dict[str, str]:
+    """engine name -> the option that names its version ('vllm-version'), for engines whose memory rules
+    depend on their release."""
+    flags = {name: flag for name, (_, _, flag) in BUILTIN.items() if flag}
+    flags.update({name: e.version_flag for name, e in _registered.items() if e.version_flag})
+    return flags
+
+
+def installed_version(name: str) -> str | None:
+    """The version of an engine's package installed beside qwen-deploy, from its metadata folder
+    (`PACKAGE-X.Y.Z.dist-info` on sys.path): no import of the engine, and faster than importlib.metadata."""
+    import sys
+    from pathlib import Path
+
+    package = get(name).package
+    if not package:
+        return None
+    for entry in sys.path:
+        try:
+            found = sorted(Path(entry or ".").glob(f"{package}-*.dist-info"))
+        except OSError:
+            continue
+        for folder in found:
+            version = folder.name[len(package) + 1 : -len(".dist-info")]
+            if version[:1].isdigit():
+                return version
+    return None
 
 
 def get(name: str) -> Engine:

@@ -64,6 +64,8 @@ class Engine(ABC):
     diagnoses: tuple[tuple[str, str], ...] = ()  # (log pattern, kind) for a failed start; first match wins
     install_hint: str = ""  # the sentence that says how to install it
     start_seconds: float = 30.0  # its own start-up beyond reading the weights (for timeouts)
+    package: str | None = None  # its Python distribution, when it is one (its version decides its rules)
+    version_flag: str | None = None  # the CLI option that names that version ('vllm-version')
 
     # ------------------------------------------------------------------ planning
 

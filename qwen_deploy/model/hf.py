@@ -126,7 +126,8 @@ def spec_from_hf_dir(folder: Path) -> ModelSpec:
     architectures = config.get("architectures")
     architecture = architectures[0] if isinstance(architectures, list) and architectures else config.get("model_type")
     precision = _QUANT_PRECISION.get(method) or ("fp16" if "16" in dtype and "b" not in dtype else "bf16")
-    weights = safetensors_bytes(folder)
+    tensors = safetensors_tensors(folder)
+    weights = None if tensors is None else sum(t[3] for t in tensors)
     name = config.get("_name_or_path")
     base = ModelSpec(
         id=values.text(name, f"{where}: _name_or_path", 512) if isinstance(name, str) and name else folder.name,
@@ -164,6 +165,7 @@ def spec_from_hf_dir(folder: Path) -> ModelSpec:
         quantization="fp8" if method == "fp8" else None,
         source="safetensors headers" if exact else "parameter count x bytes per parameter",
         path=str(folder.resolve()),
-        quant_config={k: v for k, v in quant.items() if isinstance(v, (str, int, float, bool))},
+        quant_config=quant if len(json.dumps(quant, default=str)) < 65536 else {},
+        safetensors=tuple((t[0], t[1], t[2]) for t in tensors or ()),
     )
     return replace(base, parameters=params, artifacts=(artifact,))

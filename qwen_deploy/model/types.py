@@ -43,6 +43,8 @@ class Artifact:
     tensors: tuple[tuple[str, str, int, int, int], ...] = ()
     # safetensors only: how the checkpoint is quantized, read from its config (method, bits, group size ...)
     quant_config: dict[str, Any] = field(default_factory=dict)
+    # safetensors only, when the folder is here: (name, dtype, shape) of every tensor, from the headers
+    safetensors: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"repo": self.repo, "file": self.file}

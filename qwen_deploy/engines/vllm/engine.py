@@ -68,6 +68,8 @@ class Vllm(Engine):
         "pip install 'qwen-deploy[vllm]' on a machine with an NVIDIA GPU, or plan for the CPU with --engine llamacpp."
     )
     start_seconds = 300.0  # vLLM profiles memory and captures CUDA graphs: a few minutes at most
+    package = "vllm"
+    version_flag = "vllm-version"
     # Start-up stages from vLLM's V1 log lines (v1/worker/gpu_model_runner.py, gpu_worker.py, api_server.py).
     stages = (
         (r"Starting to load model|Loading weights|Loading safetensors", "loading weights"),

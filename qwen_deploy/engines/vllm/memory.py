@@ -1,199 +1,170 @@
-"""vLLM's KV budget on one GPU, as its V1 engine computes it at start-up
-(v1/worker/gpu_worker.determine_available_memory, v1/core/kv_cache_utils).
+"""vLLM's KV budget on one GPU for a candidate, by the rules of the vLLM release that will run it
+(rules.py: every term per release, from vLLM's source, checked against public V1 start-ups; weights.py:
+'Model loading took' per checkpoint format). This module maps a ModelSpec, an Artifact and a GPU onto those
+rules and their result onto the planner's MemoryEstimate. Pure.
 
-Pure. Sources read (2026-11): vLLM 0.33.0 wheel (commit g4ba787ec9). Log figures:
-shared/calibration/public_engine_logs.yaml.
+Which release: the one installed (the CLI reads its version from the package metadata, without importing
+vLLM), else --vllm-version, else the release this project pins (PINNED_VERSION, the image render uses).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-from qwen_deploy.memory import MemoryEstimate, kv_bytes_per_token
-from qwen_deploy.units import GiB
+from qwen_deploy.engines.vllm import rules, weights
+from qwen_deploy.hardware.types import GPU
+from qwen_deploy.memory import DeviceMemory, MemoryEstimate
+from qwen_deploy.model.types import Artifact, ModelSpec
 
-# ----------------------------------------------------------------------------- vLLM
-
-# vLLM 0.33.0 defaults (research notes, quoted from the wheel):
-VLLM_GPU_MEMORY_UTILIZATION = 0.92  # config/cache.py:215 Field(default=0.92); 0.9 before
-VLLM_BLOCK_SIZE = 16  # config/cache.py:185 DEFAULT_BLOCK_SIZE
-
-
-def vllm_batch_defaults(gpu_total_bytes: int, gpu_name: str) -> tuple[int, int]:
-    """(max_num_batched_tokens, max_num_seqs) that `vllm serve` picks (engine/arg_utils.py get_batch_defaults).
-
-    >= 160 GiB: 16384/1024; >= 70 GiB and not an A100: 8192/1024; otherwise 2048/256. The memory is
-    NVML's total (current_platform.get_device_total_memory).
-    """
-    if gpu_total_bytes >= 160 * GiB:
-        return 16384, 1024
-    if gpu_total_bytes >= 70 * GiB and "a100" not in gpu_name.lower():
-        return 8192, 1024
-    return 2048, 256
+PINNED_VERSION = "0.33.0"  # pyproject's vllm extra and the vllm/vllm-openai image render writes
+VLLM_BLOCK_SIZE = 16  # config/cache.py DEFAULT_BLOCK_SIZE (every release read)
 
 
-def vllm_cudagraph_count(max_num_seqs: int, max_num_batched_tokens: int) -> int:
-    """CUDA graphs vLLM captures by default: PIECEWISE for every capture size, FULL for decode sizes.
-
-    Capture sizes (config/vllm.py _set_cudagraph_sizes): [1, 2, 4] + 8..<256 step 8 + 256..max step 16,
-    with max = min(2 × max_num_seqs, 512, max_num_batched_tokens); FULL decode graphs for sizes up to
-    max_num_seqs (FULL_AND_PIECEWISE is the default mode). S=256 gives 51 + 35, as a public 0.2x log shows
-    ('Profiling CUDA graph memory: PIECEWISE=51, FULL=35').
-    """
-    largest = min(2 * max_num_seqs, 512, max_num_batched_tokens)
-    sizes = [s for s in [1, 2, 4, *range(8, 256, 8), *range(256, largest + 1, 16)] if s <= largest]
-    return len(sizes) + sum(1 for s in sizes if s <= max_num_seqs)
-
-
-# Estimated CUDA graph memory per captured graph. vLLM (>= 0.21, VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1
-# by default) captures two graphs per mode and extrapolates linearly, then subtracts the estimate from
-# the KV budget. Public log: 'PIECEWISE=51, FULL=35' -> 'Estimated CUDA graph memory: 1.58 GiB total'
-# (18.8 MiB per graph). An assumption until measured on our own GPU runs; see BENCHMARKS.md.
-VLLM_CUDAGRAPH_BYTES_PER_GRAPH = int(1.58 * GiB / 86)
-
-# Memory vLLM keeps besides the weights after loading and profiling ('total_consumed' minus weights):
-# non-torch growth (cuBLAS workspaces) and persistent buffers. V0 logs print non_torch_memory 0.25-0.35 GiB
-# (calibration vllm-01, -04, -05); we take 0.25 GiB plus the Triton top-k/top-p buffer the sampler keeps,
-# num_SM × vocab × 4 B (v1/sample/ops/topk_topp_sampler.py), at 132 SMs (H100; smaller GPUs have fewer).
-VLLM_NON_TORCH_BYTES = int(0.25 * GiB)
-VLLM_SAMPLER_SM_COUNT = 132
-
-# 'Model loading took X GiB' exceeds the checkpoint's tensors by the rotary cos/sin cache
-# (max_position × rotary_dim in the model dtype) and allocator rounding: Qwen3-4B-Instruct-2507 logs
-# 7.6065 GiB (calibration vllm-13) and 7.61 GiB (vllm-15) for 7.4925 GiB of tensors; rope cache 0.0625 GiB,
-# the remaining 0.05 GiB we carry as a constant.
-VLLM_LOAD_SLACK_BYTES = int(0.05 * GiB)
+def geometry(model: ModelSpec) -> rules.Geometry:
+    """The rules' view of the model: Qwen2 attention has q/k/v biases, Qwen3 per-head q/k norms."""
+    arch = model.architecture
+    return rules.Geometry(
+        layers=model.layers,
+        hidden=model.hidden_size,
+        intermediate=model.intermediate_size,
+        heads=model.attention_heads,
+        kv_heads=model.kv_heads,
+        head_dim=model.head_dim,
+        vocab=model.vocab_size,
+        max_position=model.max_context,
+        tied_embeddings=model.tied_embeddings,
+        qkv_bias=arch.startswith("Qwen2"),
+        qk_norm=arch.startswith("Qwen3"),
+        architecture=arch,
+        moe="moe" in arch.lower(),
+    )
 
 
-def vllm_loaded_weights(checkpoint_bytes: int, tp: int, max_position: int, head_dim: int) -> int:
-    """Bytes 'Model loading took' reports per rank: sharded tensors + rope cache + slack."""
-    return math.ceil(checkpoint_bytes / tp) + max_position * head_dim * 2 + VLLM_LOAD_SLACK_BYTES
+# The profile's precisions and the checkpoint layout each stands for (artifact.quant_config overrides).
+_PRECISION_FORMAT = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8_tensor", "awq": "awq", "gptq": "gptq"}
 
 
-# V0's sampler kept sorted values and indices, probabilities and log-probabilities: about 39 bytes per
-# logit (calibration vllm-03: 1.42 GiB activation peak = 256 sequences × 152,064 vocab × 39.2 B).
-VLLM_V0_SAMPLER_BYTES_PER_LOGIT = 39
+def checkpoint_format(art: Artifact) -> tuple[str, dict[str, Any]]:
+    """(format, options) of weights.loaded_weights_bytes for an artifact: from its quantization config when
+    known (config.json's quantization_config, or the profile's copy of it), else from its precision."""
+    if art.quant_config:
+        return weights.checkpoint_format_from_config(art.quant_config)
+    if art.quantization == "fp8" and art.precision in ("bf16", "fp16"):
+        return "fp8_online", {}
+    return _PRECISION_FORMAT.get(art.precision, art.precision), {}
 
 
-def vllm_activation_peak(
-    tokens: int,
-    seqs: int,
-    hidden: int,
-    intermediate: int,
-    vocab: int,
-    tp: int = 1,
-    dtype_bytes: int = 2,
-    sampler_bytes_per_logit: int | None = None,
-) -> int:
-    """Transient torch peak of vLLM's profile run (V1: a dummy forward of max_num_batched_tokens tokens,
-    then the sampler on min(tokens, max_num_seqs) rows).
-
-    Forward (eager upper bound; gate_up still live while act and down are allocated, plus input and
-    residual): T × (3·i/tp + 3·h) × 2 B — reproduces V0's 2.07 GiB / 2.99 GiB (calibration vllm-01/02).
-    Sampler (v1/sample/sampler.py): bf16 logits + fp32 copy + fp32 probs + fp32 noise = 14 B per logit,
-    on top of the retained hidden states T × h × 2 B.
-    """
-    rows = min(tokens, seqs)
-    forward = tokens * (3 * intermediate // tp + 3 * hidden) * dtype_bytes
-    per_logit = sampler_bytes_per_logit or (12 + dtype_bytes)
-    sampler = tokens * hidden * dtype_bytes + per_logit * rows * vocab
-    return max(forward, sampler)
+def loaded_weights(version: str, model: ModelSpec, art: Artifact, tp: int) -> tuple[int, str]:
+    """('Model loading took' bytes on one rank, how it was worked out)."""
+    geo = geometry(model)
+    if art.safetensors:
+        online = art.quantization == "fp8" and not art.quant_config
+        tensors = {name: (dtype, shape) for name, dtype, shape in art.safetensors}
+        return weights.loaded_weights_from_safetensors(version, tensors, geo, tp, online_fp8=online), "headers"
+    fmt, options = checkpoint_format(art)
+    return weights.loaded_weights_bytes(version, geo, fmt, tp, **options), fmt
 
 
 @dataclass(frozen=True)
-class VllmConfig:
-    gpu_total_bytes: int  # CUDA-visible total of one GPU (torch.cuda.mem_get_info)
-    gpu_name: str
-    gpu_memory_utilization: float
-    tp: int = 1
-    kv_cache_dtype: str = "auto"
-    max_num_batched_tokens: int | None = None
-    max_num_seqs: int | None = None
-    nvml_total_bytes: int | None = None  # for the batch-size defaults; defaults to gpu_total_bytes
-    legacy_v0_max_model_len: int | None = None  # model V0's profile run (calibration of old logs only)
+class Sizing:
+    """One candidate's KV sizing: the planner's estimate and the rules' full answer."""
+
+    estimate: MemoryEstimate
+    terms: dict[str, Any]
+    safe_blocks: int  # KV blocks after the margin for uncertain terms: what contexts are planned from
+    weights_how: str
 
 
-def vllm_memory(
+def size(
+    version: str,
+    model: ModelSpec,
+    art: Artifact,
+    gpu: GPU,
     *,
-    layers: int,
-    kv_heads: int,
-    head_dim: int,
-    hidden: int,
-    intermediate: int,
-    vocab: int,
-    max_position: int,
-    checkpoint_bytes: int,
-    config: VllmConfig,
-    value_head_dim: int | None = None,
-    weights_override_bytes: int | None = None,
-) -> MemoryEstimate:
-    """vLLM V1's KV cache on one GPU (gpu_worker.determine_available_memory, kv_cache_planning):
-
-    requested = ceil(total × gpu_memory_utilization)
-    available = requested − weights − non-torch/persistent − activation peak − CUDA-graph estimate
-    blocks    = available // (block_size × kv_bytes_per_token); tokens = blocks × block_size
-    """
-    nvml_total = config.nvml_total_bytes or config.gpu_total_bytes
-    default_tokens, default_seqs = vllm_batch_defaults(nvml_total, config.gpu_name)
-    batched = config.max_num_batched_tokens or default_tokens
-    seqs = config.max_num_seqs or default_seqs
-    budget = math.ceil(config.gpu_total_bytes * config.gpu_memory_utilization)
-    weights = (
-        weights_override_bytes
-        if weights_override_bytes is not None
-        else vllm_loaded_weights(checkpoint_bytes, config.tp, max_position, head_dim)
+    total: int,
+    util: float,
+    tp: int,
+    kv_cache_dtype: str,
+    n_gpus: int,
+) -> Sizing:
+    """vLLM's available KV on one GPU of the candidate (every GPU of a replica holds the same), per the rules
+    of `version`."""
+    weights_bytes, how = loaded_weights(version, model, art, tp)
+    terms = rules.available_kv(
+        version,
+        geometry=geometry(model),
+        weights_bytes=weights_bytes,
+        gpu_total_bytes=total,
+        gpu_name=gpu.name,
+        max_model_len=model.max_context,
+        gpu_memory_utilization=util,
+        tp=tp,
+        kv_cache_dtype=kv_cache_dtype,
+        nvml_total_bytes=gpu.memory_total_bytes,
+        quantized=art.precision not in ("bf16", "fp16"),
+        capability=gpu.cc,
     )
-    legacy = config.legacy_v0_max_model_len is not None
-    if legacy and config.legacy_v0_max_model_len <= 32768:
-        # V0 profiled one forward of max(max_model_len, max_num_batched_tokens) tokens: it turned chunked
-        # prefill on by default only above 32K tokens. It also sampled with its heavier sampler, kept no
-        # Triton sampler buffer and had no CUDA-graph term.
-        batched = max(config.legacy_v0_max_model_len, batched)
-    activation = vllm_activation_peak(
-        batched,
-        seqs,
-        hidden,
-        intermediate,
-        vocab,
-        config.tp,
-        sampler_bytes_per_logit=VLLM_V0_SAMPLER_BYTES_PER_LOGIT if legacy else None,
-    )
-    non_torch = VLLM_NON_TORCH_BYTES + (0 if legacy else VLLM_SAMPLER_SM_COUNT * vocab * 4)
-    graphs = 0
-    if not legacy:
-        graphs = vllm_cudagraph_count(seqs, batched) * VLLM_CUDAGRAPH_BYTES_PER_GRAPH
-    kv_per_token = kv_bytes_per_token(layers, kv_heads, head_dim, config.kv_cache_dtype, config.tp, value_head_dim)
-    available = budget - weights - non_torch - activation - graphs
-    block_bytes = VLLM_BLOCK_SIZE * kv_per_token
-    blocks = max(0, available) // block_bytes
-    tokens = blocks * VLLM_BLOCK_SIZE
+    per_token = int(terms["kv_bytes_per_token"])
+    block_bytes = VLLM_BLOCK_SIZE * per_token
+    blocks = int(terms["kv_blocks"])
+    safe_blocks = max(0, int(terms["available_kv_safe"])) // block_bytes
+    overhead = int(terms["activation_peak"]) + int(terms["non_torch"]) + int(terms["persistent"])
+    overhead += int(terms["cuda_graph_deducted"])
     kv_cache = blocks * block_bytes
-    overhead = non_torch + activation + graphs
-    return MemoryEstimate(
-        budget_bytes=budget,
-        weights_bytes=weights,
-        kv_bytes_per_token=kv_per_token,
+    other = int(terms["non_torch"]) + int(terms["persistent"]) + int(terms["cuda_graph_deducted"])
+    devices = tuple(
+        DeviceMemory(
+            name=f"CUDA{i}",
+            model_bytes=weights_bytes,
+            kv_bytes=kv_cache,
+            compute_bytes=int(terms["activation_peak"]),
+            other_bytes=other,
+            budget_bytes=int(terms["requested"]),
+        )
+        for i in range(n_gpus)
+    )
+    estimate = MemoryEstimate(
+        budget_bytes=int(terms["requested"]),
+        weights_bytes=weights_bytes,
+        kv_bytes_per_token=per_token,
         kv_cache_bytes=kv_cache,
         overhead_bytes=overhead,
-        total_bytes=weights + overhead + kv_cache,
-        kv_capacity_tokens=tokens,
+        total_bytes=weights_bytes + overhead + kv_cache,
+        kv_capacity_tokens=int(terms["kv_tokens"]),
         parts={
-            "available_kv_bytes": available,
-            "activation_peak_bytes": activation,
-            "non_torch_bytes": non_torch,
-            "cuda_graph_bytes": graphs,
+            "available_kv_bytes": int(terms["available_kv"]),
+            "activation_peak_bytes": int(terms["activation_peak"]),
+            "non_torch_bytes": int(terms["non_torch"]),
+            "persistent_buffers_bytes": int(terms["persistent"]),
+            "cuda_graph_bytes": int(terms["cuda_graph_deducted"]),
+            "cuda_graph_estimate_bytes": int(terms["cuda_graph_estimate"]),
+            "margin_bytes": int(terms["margin_bytes"]),
+            "warmup_headroom_bytes": int(terms["warmup_headroom"]),
         },
-        counts={"max_num_batched_tokens": batched, "max_num_seqs": seqs, "kv_blocks": blocks},
+        counts={
+            "max_num_batched_tokens": int(terms["max_num_batched_tokens"]),
+            "max_num_seqs": int(terms["max_num_seqs"]),
+            "kv_blocks": blocks,
+            "safe_kv_blocks": safe_blocks,
+        },
+        devices=devices,
     )
+    return Sizing(estimate=estimate, terms=terms, safe_blocks=safe_blocks, weights_how=how)
 
 
-def vllm_blocks_per_request(context: int) -> int:
-    return -(-context // VLLM_BLOCK_SIZE)
+def warmup_utilization(terms: dict[str, Any], total: int) -> float:
+    """The largest utilization (two decimals) that leaves the warm-up reserve beside the budget: after the KV
+    cache is allocated, vLLM captures CUDA graphs (before 0.20 outside the budget) and warms the sampler up,
+    next to its CUDA context and what other processes hold (rules.available_kv warmup_headroom)."""
+    need = total - int(terms["requested"]) - int(terms["warmup_headroom"])  # context + post-KV needs
+    room = total - need - int(terms["warmup_reserve"])
+    return math.floor(room / total * 100) / 100 if total > 0 else 0.0
 
 
 def vllm_concurrency(kv_capacity_tokens: int, context: int) -> float:
     """vLLM's 'Maximum concurrency for M tokens per request': blocks / ceil(M / block_size)."""
     if context <= 0:
         return 0.0
-    return (kv_capacity_tokens // VLLM_BLOCK_SIZE) / vllm_blocks_per_request(context)
+    return (kv_capacity_tokens // VLLM_BLOCK_SIZE) / -(-context // VLLM_BLOCK_SIZE)
