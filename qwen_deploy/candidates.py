@@ -65,6 +65,7 @@ class Request:
     prefer: str = "balanced"  # balanced | quality | speed
     host: str = "127.0.0.1"
     port: int = 8000
+    gpu_layers: int | str = "auto"  # llama.cpp's -ngl: a number of layers, "all", or "auto" (the planner's)
     tensor_parallel_size: int | None = None  # None: the planner chooses (tensor parallel only when needed)
     data_parallel_size: int | None = None  # replicas; None: as many as the GPUs allow
     # engine name -> {"version": "0.19.1", "source": "installed" | "--vllm-version" ...}: whose rules apply
@@ -82,6 +83,7 @@ class Request:
             "prefer": self.prefer,
             "host": self.host,
             "port": self.port,
+            "gpu_layers": self.gpu_layers,
             "tensor_parallel_size": self.tensor_parallel_size,
             "data_parallel_size": self.data_parallel_size,
             "engine_versions": {k: dict(v) for k, v in self.engine_versions.items()},
@@ -113,6 +115,7 @@ class Candidate:
     meets_target: bool = False
     shortfall_bytes: int = 0  # how much more memory the requested context would need (0 when it fits)
     runnable: bool = True  # False: the engine cannot run this at all (no command)
+    gpu_layers: str | None = None  # "k/n": layers on the GPU of the model's n (llama.cpp's -ngl; None: n/a)
 
     @property
     def engine_impl(self) -> Engine:
@@ -148,7 +151,10 @@ class Candidate:
         return PRECISION_QUALITY.get(self.precision, 80) + KV_QUALITY.get(self.kv_cache_dtype, -2)
 
     def label(self) -> str:
-        gpus = f" ×{self.tensor_parallel_size * self.replicas} GPU" if self.device == "gpu" else ""
+        if self.gpu_layers and self.device == "gpu":
+            gpus = f" · {self.gpu_layers} layers on GPU"
+        else:
+            gpus = f" ×{self.tensor_parallel_size * self.replicas} GPU" if self.device == "gpu" else ""
         return f"{self.engine} {self.precision} · KV {self.kv_cache_dtype}{gpus}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +169,7 @@ class Candidate:
             "concurrency": round(self.concurrency, 2),
             "tensor_parallel_size": self.tensor_parallel_size,
             "replicas": self.replicas,
+            "gpu_layers": self.gpu_layers,
             "fits": self.fits,
             "reason": self.reason,
             "memory": self.memory.to_dict(),

@@ -61,6 +61,11 @@ def _request(data: Any, where: str):
         if kwargs.get(key) is not None:
             values.text(kwargs[key], f"{w}.{key}", 64)
     values.text(kwargs.get("prefer", "balanced"), f"{w}.prefer", 16)
+    layers = kwargs.get("gpu_layers", "auto")
+    if not (layers in ("auto", "all") or (isinstance(layers, int) and not isinstance(layers, bool))):
+        raise UsageError(f"{w}.gpu_layers must be a number of layers, 'all' or 'auto', not {values.show(layers)}.")
+    if isinstance(layers, int):
+        values.integer(layers, f"{w}.gpu_layers", 0, 100_000)
     for key in ("tensor_parallel_size", "data_parallel_size"):
         if kwargs.get(key) is not None:
             values.integer(kwargs[key], f"{w}.{key}", 1, 64)

@@ -38,15 +38,26 @@ def _rank_key(c: Candidate, request: Request) -> tuple:
     else:
         # auto / N: candidates that reach the target first; among those that do not, the longest context.
         head = (not c.fits, not c.meets_target, -c.context if not c.meets_target else 0, device)
+    spilled = _spilled(c)
     if request.prefer == "speed":
         tail: tuple = (-round(c.decode_tokens_per_s, 3), -c.quality)
-    elif request.prefer == "quality" or c.device == "gpu":
-        # A GPU gets the highest precision that reaches the target.
-        tail = (-c.quality, -round(c.decode_tokens_per_s, 3))
+    elif request.prefer == "quality" or (c.device == "gpu" and not spilled):
+        # A GPU gets the highest precision that reaches the target, with every layer on the GPU before one
+        # that leaves layers on the CPU (a quantized KV cache costs less than CPU layers).
+        tail = (spilled, -c.quality, -round(c.decode_tokens_per_s, 3))
     else:
-        # balanced on a CPU: decoding is memory-bound, so a 4-bit-class quant first, then quality.
-        tail = (c.precision not in FOUR_BIT, -c.quality)
+        # balanced on a CPU (and for the CPU's share of a split): decoding is memory-bound, so a 4-bit-class
+        # quant first, then quality.
+        tail = (spilled, c.precision not in FOUR_BIT, -c.quality)
     return (*head, *tail, c.tensor_parallel_size, -c.context, -c.shortfall_bytes if not c.fits else 0)
+
+
+def _spilled(c: Candidate) -> bool:
+    """Some of the model's layers stay on the CPU ('k/n' with k < n)."""
+    if not c.gpu_layers or c.device != "gpu":
+        return False
+    on, _, of = c.gpu_layers.partition("/")
+    return on != of
 
 
 def _validate(request: Request, model: ModelSpec) -> None:
@@ -70,6 +81,9 @@ def _validate(request: Request, model: ModelSpec) -> None:
         raise UsageError(f"--engine must be one of {', '.join(names)}, not {request.engine!r}.")
     if request.prefer not in ("balanced", "quality", "speed"):
         raise UsageError(f"--prefer must be balanced, quality or speed, not {request.prefer!r}.")
+    layers = request.gpu_layers
+    if not (layers in ("auto", "all") or (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 0)):
+        raise UsageError(f"--gpu-layers must be a number of layers, 'all' or 'auto', not {layers!r}.")
     util = request.gpu_memory_utilization
     if util is not None and not (math.isfinite(util) and 0 < util <= 1):
         raise UsageError("--gpu-memory-utilization must be a fraction in (0, 1], such as 0.9.")

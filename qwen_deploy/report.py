@@ -92,8 +92,25 @@ def print_plan(plan: Plan) -> None:
         print_breakdown(plan.choice, plan.model.tokenizer_merges)
 
 
+def print_devices(c: Candidate) -> None:
+    """One row per device that holds anything (llama.cpp's names: CUDA0, MTL0, CPU; one per GPU for vLLM)."""
+    title = f"Memory of the choice by device ({c.gpu_layers} layers on the GPU)" if c.gpu_layers else (
+        "Memory of the choice by device")  # fmt: skip
+    table = Table(title=title, box=None)
+    for col in ("device", "weights", "KV", "compute", "other", "total", "budget"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for d in c.memory.devices:
+        table.add_row(d.name, *(format_size(v) for v in (
+            d.model_bytes, d.kv_bytes, d.compute_bytes, d.other_bytes, d.total_bytes, d.budget_bytes)))  # fmt: skip
+    console.print(table)
+
+
 def print_breakdown(c: Candidate, merges: int = 0) -> None:
     m = c.memory
+    if c.device == "gpu" and c.gpu_layers:  # llama.cpp with offload: the devices are the breakdown
+        print_devices(c)
+        console.print("[bold]command:[/bold] " + " ".join(c.command))
+        return
     table = Table(title=f"Memory of the choice ({'per GPU' if c.device == 'gpu' else 'RAM'})", box=None)
     table.add_column("part")
     table.add_column("bytes", justify="right")

@@ -107,12 +107,12 @@ def test_metal_working_set_follows_the_public_logs():
 
 def test_apple_specs():
     m2 = apple_gpu("M2 16GB")
-    # 16 GB: 16384 MiB × 2/3 = 10922 MiB (whole MiB) = 11,452,547,072 B; 100 GB/s (Apple's figure)
-    assert (m2.backend, m2.memory_total_bytes, m2.memory_bandwidth_gbps) == ("metal", 10922 * MiB, 100.0)
+    # 16 GB: 16 GiB × 2/3 = 11,453,246,122 B (10922.67 MiB, '11453.25 MB'); 100 GB/s (Apple's figure)
+    assert (m2.backend, m2.memory_total_bytes, m2.memory_bandwidth_gbps) == ("metal", 11_453_246_122, 100.0)
     assert m2.unified_memory_bytes == 16 * GiB
     assert apple_gpu("M3 Max 36GB").memory_bandwidth_gbps == 300  # the 30-core part: only it has 36 GB
     assert apple_gpu("M3 Max 64GB").memory_bandwidth_gbps == 400
-    assert apple_gpu("apple m4 pro 24 gb").memory_total_bytes == 24576 * 2 // 3 * MiB
+    assert apple_gpu("apple m4 pro 24 gb").memory_total_bytes == 24 * GiB * 2 // 3
     assert apple_gpu("RTX 4090") is None
     with pytest.raises(UsageError, match="Apple sold the M2 with 8, 16, 24 GB"):
         apple_gpu("M2 12GB")

@@ -89,6 +89,14 @@ def context_value(text: str) -> int | str:
     return tokens
 
 
+def gpu_layers_value(text: str) -> int | str:
+    """--gpu-layers: 'auto', 'all' or a number of layers (0: none, the CPU alone)."""
+    value = str(text).strip().lower()
+    if value in ("auto", "all"):
+        return value
+    return values.int_text(value, "--gpu-layers (a number of layers, 'all' or 'auto')", 0, 100_000)
+
+
 def check_host_port(host: str, port: int) -> None:
     if not _HOST_RE.match(host):
         raise UsageError(f"--host {values.show(host)} is not a host name or IP address.")
@@ -195,6 +203,14 @@ def plan_options(func):
             help="Trade-off between precision and decode speed.",
         ),
         click.option(
+            "--gpu-layers",
+            default="auto",
+            show_default=True,
+            type=Text(16),
+            metavar="N|all|auto",
+            help="llama.cpp layers on the GPU (auto: all that fit, or the split that reaches the context).",
+        ),
+        click.option(
             "--tensor-parallel-size", type=Integer(1, 64), help="GPUs one replica spans (default: as few as fit)."
         ),
         click.option("--data-parallel-size", type=Integer(1, 64), help="Replicas (default: as many as GPUs allow)."),
@@ -242,7 +258,7 @@ def engine_versions(options: dict[str, Any]) -> dict[str, dict[str, str]]:
 PLAN_OPTION_NAMES = (
     "model_ref", "hardware_file", "gpus", "vram", "ram", "cpus", "no_gpu", "context", "min_context",
     "concurrency", "engine", "precision", "kv_cache_dtype", "gpu_memory_utilization", "prefer",
-    "tensor_parallel_size", "data_parallel_size",
+    "tensor_parallel_size", "data_parallel_size", "gpu_layers",
 )  # fmt: skip
 
 
@@ -266,6 +282,7 @@ def build_plan(
     port: int | str,
     tensor_parallel_size: int | None = None,
     data_parallel_size: int | None = None,
+    gpu_layers: str = "auto",
     artifact_format: str | None = None,
     **versions: Any,
 ):
@@ -305,6 +322,7 @@ def build_plan(
         port=port,
         tensor_parallel_size=tensor_parallel_size,
         data_parallel_size=data_parallel_size,
+        gpu_layers=gpu_layers_value(gpu_layers),
         engine_versions=engine_versions(versions),
     )
     return planner.plan(model, hw, request)

@@ -104,18 +104,26 @@ _APPLE_SPEC = re.compile(
 )
 
 
-def metal_working_set_bytes(ram_bytes: int, wired_limit_mb: int | None = None) -> int:
+# macOS 26 gives Metal a larger share of RAM (observed in public llama.cpp logs, not documented by Apple;
+# tests/data/metal_working_set.yaml): RAM below which each share applies.
+_MACOS26_SHARES = ((9 * GiB, (2, 3)), (32 * GiB, (74, 100)), (64 * GiB, (78, 100)), (128 * GiB, (81, 100)),
+                   (256 * GiB, (84, 100)), (1 << 62, (87, 100)))  # fmt: skip
+
+
+def metal_working_set_bytes(ram_bytes: int, wired_limit_mb: int | None = None, macos: str = "classic") -> int:
     """What Metal lets one process keep resident (MTLDevice.recommendedMaxWorkingSetSize), as macOS 13-15
     set it by default: 2/3 of RAM up to 32 GB, 3/4 from 36 GB (public llama.cpp/Ollama logs: 8 GB -> 5461 MiB,
     16 GB -> 10922.67 MiB, 32 GB -> 21845.34 MiB, 36 GB -> 27648 MiB, 64 GB -> 49152 MiB, 128 GB -> 98304 MiB;
     tests/data/metal_working_set.yaml). macOS 26 gives a larger share (0.74-0.87); the older, lower rule is
-    the default so that no plan fits on paper and fails on the Mac. `sysctl iogpu.wired_limit_mb=N` (when set)
-    makes Metal report exactly N MiB."""
+    the default so that no plan fits on paper and fails on the Mac (macos="26" for the newer share, which
+    probe uses on a Mac running it). `sysctl iogpu.wired_limit_mb=N` (when set) makes Metal report exactly N MiB."""
     if wired_limit_mb:
         return wired_limit_mb * 1024**2
-    ram_mib = ram_bytes // 1024**2
+    if macos == "26":  # whole MiB: floor(RAM in MiB × share), as every macOS 26 print shows
+        fraction = next(share for below, share in _MACOS26_SHARES if ram_bytes < below)
+        return ram_bytes // 1024**2 * fraction[0] // fraction[1] * 1024**2
     fraction = (2, 3) if ram_bytes <= 32 * GiB else (3, 4)
-    return ram_mib * fraction[0] // fraction[1] * 1024**2
+    return ram_bytes * fraction[0] // fraction[1]  # 16 GB: 11,453,246,122 B ('11453.25 MB' in the logs)
 
 
 def _apple_chips() -> dict:

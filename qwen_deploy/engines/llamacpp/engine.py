@@ -52,6 +52,19 @@ def _flag_value(value: Any) -> str:
     return str(value)
 
 
+def gpu_offload_supported() -> bool:
+    """Whether the installed llama.cpp build can put layers on a GPU (CUDA, Metal, ...): its own answer,
+    llama_supports_gpu_offload(), asked in a child process so that `up` does not load the library itself."""
+    import subprocess
+
+    code = "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 3)"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
 class LlamaCppPython(Engine):
     name = "llamacpp"
     label = "llama.cpp"
@@ -71,7 +84,11 @@ class LlamaCppPython(Engine):
     start_seconds = 30.0
 
     def candidates(self, model: ModelSpec, hardware: Hardware, request: Request) -> list[Candidate]:
-        return plan.cpu_candidates(self.name, self.kv_types, model, hardware, request)
+        from qwen_deploy.engines.llamacpp.gpu_plan import gpu_candidates
+
+        cpu = plan.cpu_candidates(self.name, self.kv_types, model, hardware, request) if request.gpu_layers in (
+            "auto", 0) else []  # fmt: skip
+        return cpu + gpu_candidates(self.name, self.kv_types, model, hardware, request)
 
     # ------------------------------------------------------------------ running
 
@@ -143,7 +160,7 @@ class LlamaCppPython(Engine):
             "n_threads_batch": r.integer("n_threads_batch", s["n_threads_batch"], 1, cores),
             "flash_attn": flash,
             "use_mmap": r.flag("use_mmap", s["use_mmap"]),
-            "n_gpu_layers": r.integer("n_gpu_layers", s.get("n_gpu_layers", 0), -1, 100_000),
+            "n_gpu_layers": r.integer("n_gpu_layers", s.get("n_gpu_layers", 0), 0, model.layers + 1),
         }
         if r.choice("chat_format", None, ("chat_template.default",)) is not None:
             settings["chat_template"] = True
@@ -178,6 +195,14 @@ class LlamaCppPython(Engine):
                 "the llama.cpp engine (llama-cpp-python's server) is not installed in this environment. "
                 f"To fix: {self.install_hint}"
             )
+        layers = c.settings.get("n_gpu_layers", 0)
+        if layers and not gpu_offload_supported():
+            raise QwenDeployError(
+                f"this plan puts {c.gpu_layers} layers on the GPU, and the installed llama-cpp-python was built "
+                "without GPU support (llama_supports_gpu_offload() is false): they would run on the CPU. To fix: "
+                "rebuild it with scripts/install-llamacpp on a machine with the CUDA toolkit (nvcc on PATH; it "
+                "builds -DGGML_CUDA=on) or on macOS (Metal), or plan for the CPU with --gpu-layers 0."
+            )
 
     def parse_memory_log(self, text: str) -> dict[str, Any]:
         return logs.parse_memory_log(text)
@@ -191,7 +216,17 @@ class LlamaCppPython(Engine):
     # ------------------------------------------------------------------ deployment files
 
     def container(self, c: Candidate, model_file: str | None, all_replicas: bool = True) -> Container:
+        if c.device == "gpu" and any(d.name.startswith("MTL") for d in c.memory.devices):
+            raise UsageError(
+                "containers on macOS cannot reach the Metal GPU (Docker runs them in a Linux VM): run this plan "
+                "with `qwen-deploy up` on the Mac itself, or plan for an NVIDIA GPU with --gpu NAME."
+            )
         return server_flags.container(c, model_file)
+
+    def unit_settings(self, c: Candidate, user_unit: bool) -> dict[str, Any]:
+        if any(d.name.startswith("MTL") for d in c.memory.devices):
+            raise UsageError("macOS has no systemd: on a Mac run this plan with `qwen-deploy up --detach`.")
+        return super().unit_settings(c, user_unit)
 
 
 ENGINE = LlamaCppPython()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from qwen_deploy.candidates import (
@@ -17,7 +18,7 @@ from qwen_deploy.candidates import (
 )
 from qwen_deploy.engines.llamacpp import memory as lm
 from qwen_deploy.hardware.types import Hardware
-from qwen_deploy.memory import MemoryEstimate, empty_estimate
+from qwen_deploy.memory import DeviceMemory, MemoryEstimate, empty_estimate
 from qwen_deploy.model.types import Artifact, ModelSpec
 from qwen_deploy.units import format_size
 
@@ -182,6 +183,16 @@ def _cpu_candidate(
         shortfall = max(0, est.total_bytes - budget)
     bandwidth = hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS
     speed = decode_speed(bandwidth, CPU_DECODE_EFFICIENCY, art.weights_bytes, est.kv_bytes_per_token, context)
+    p = est.parts
+    cpu = DeviceMemory(
+        name="CPU",
+        model_bytes=est.weights_bytes,
+        kv_bytes=est.kv_cache_bytes,
+        compute_bytes=p["compute_resident_bytes"] + p["work_buffer_bytes"],
+        budget_bytes=budget,
+        other_bytes=p["output_buffer_bytes"] + p["process_bytes"] + p["tokenizer_merges_bytes"],
+    )
+    est = replace(est, devices=(cpu,))
     return Candidate(
         engine=engine,
         device="cpu",
@@ -203,4 +214,5 @@ def _cpu_candidate(
         settings={**cpu_settings(hw, use_mmap=not repack[1]), "chat_template": model.chat_template},
         meets_target=fits and context >= target(request, model),
         shortfall_bytes=shortfall,
+        gpu_layers=f"0/{model.layers + 1}",
     )

@@ -15,6 +15,7 @@ from qwen_deploy.candidates import Candidate
 from qwen_deploy.engines.base import MEMORY_LIMIT_FACTOR, Container
 
 IMAGE = "ghcr.io/ggml-org/llama.cpp:server"
+CUDA_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-cuda"  # the same server built with CUDA (the image's tag list)
 CONTAINER_PORT = 8080  # llama-server's default, and the image's HEALTHCHECK port
 UID = 1000  # the image has no USER; any non-root uid runs /app/llama-server
 KEY_VAR = "LLAMA_API_KEY"  # common/arg.cpp: --api-key reads LLAMA_API_KEY
@@ -56,14 +57,16 @@ def container(c: Candidate, model_file: str | None, parallel: int = 1) -> Contai
     else:
         model_args = ["--hf-repo", c.artifact.repo, "--hf-file", str(c.artifact.file)]
         env = {"LLAMA_CACHE": "/models/hub"}
-    total = c.memory.total_bytes
+    on_gpu = c.settings.get("n_gpu_layers", 0) > 0
+    host = next((d for d in c.memory.devices if d.name == "CPU"), None)
+    total = host.total_bytes if host is not None and on_gpu else c.memory.total_bytes  # RAM: the host's share
     return Container(
-        image=IMAGE,
+        image=CUDA_IMAGE if on_gpu else IMAGE,
         args=flags(c, model_args, CONTAINER_PORT, parallel=parallel),
         port=CONTAINER_PORT,
         uid=UID,
         key_var=KEY_VAR,
-        gpus=0,
+        gpus=1 if on_gpu else 0,
         env={**env, "HOME": "/tmp"},
         health_path="/health",
         read_only_root=True,
