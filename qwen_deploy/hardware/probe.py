@@ -319,9 +319,85 @@ def measure_memory_bandwidth(size_bytes: int = 256 * 1024**2, repeats: int = 5) 
     return round(2 * size_bytes / best / 1e9, 1)
 
 
+# ----------------------------------------------------------------------------- macOS (Apple Silicon)
+
+
+def _sysctl(name: str) -> str | None:
+    """`sysctl -n NAME`, or None when the key does not exist ('sysctl: unknown oid', exit 1) or sysctl fails."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = done.stdout.strip()
+    return value if done.returncode == 0 and value else None
+
+
+def _sysctl_int(name: str) -> int | None:
+    value = _sysctl(name)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def probe_macos() -> Hardware:
+    """A Mac: the chip (machdep.cpu.brand_string), its cores (hw.physicalcpu / hw.logicalcpu), the unified
+    memory (hw.memsize), the ARM features llama.cpp's kernels use (hw.optional.arm.FEAT_*), and one Metal GPU
+    whose memory is the working set Metal allows: iogpu.wired_limit_mb when the user set it (0 means unset),
+    else macOS's default share (catalog.metal_working_set_bytes, by macOS version)."""
+    from qwen_deploy.hardware.catalog import apple_gpu, metal_working_set_bytes
+
+    chip = _sysctl("machdep.cpu.brand_string") or platform.processor() or "Apple Silicon"
+    logical = _sysctl_int("hw.logicalcpu") or os.cpu_count() or 1
+    physical = _sysctl_int("hw.physicalcpu") or logical
+    features = {
+        "neon": "hw.optional.neon",
+        "dotprod": "hw.optional.arm.FEAT_DotProd",
+        "i8mm": "hw.optional.arm.FEAT_I8MM",
+    }
+    flags = tuple(sorted(flag for flag, key in features.items() if _sysctl(key) == "1"))
+    ram = _sysctl_int("hw.memsize")
+    if ram is None:
+        import psutil
+
+        ram = psutil.virtual_memory().total
+    try:
+        import psutil
+
+        available = min(ram, psutil.virtual_memory().available)
+    except ImportError:  # psutil is a dependency; a broken install still plans for the machine
+        available = ram
+    cpu = CPU(model=chip, physical_cores=min(physical, logical), logical_cores=logical, flags=flags)
+    gpus: tuple[GPU, ...] = ()
+    if chip.startswith("Apple"):
+        wired = _sysctl_int("iogpu.wired_limit_mb") or None
+        major = (platform.mac_ver()[0] or "0").split(".")[0]
+        working_set = metal_working_set_bytes(
+            ram, wired, macos="26" if major.isdigit() and int(major) >= 26 else "classic"
+        )
+        try:
+            entry = apple_gpu(f"{chip} {ram // 1024**3}GB")
+        except QwenDeployError:  # a memory size the catalog does not list: no bandwidth figure
+            entry = None
+        gpus = (
+            GPU(
+                index=0,
+                name=chip,
+                memory_total_bytes=working_set,
+                memory_free_bytes=working_set,
+                compute_capability="",
+                memory_bandwidth_gbps=entry.memory_bandwidth_gbps if entry else None,
+                backend="metal",
+            ),
+        )
+    return Hardware(cpu=cpu, memory=Memory(total_bytes=ram, available_bytes=available), gpus=gpus, disk=probe_disk())
+
+
 def probe(measure: bool = False) -> Hardware:
     """This machine's hardware."""
-    cpu = probe_cpu()
+    if platform.system() == "Darwin":
+        hw = probe_macos()
+    else:
+        hw = Hardware(cpu=probe_cpu(), memory=probe_memory(), gpus=probe_gpus(), disk=probe_disk())
     if measure:
-        cpu = replace(cpu, memory_bandwidth_gbps=measure_memory_bandwidth())
-    return Hardware(cpu=cpu, memory=probe_memory(), gpus=probe_gpus(), disk=probe_disk())
+        hw = replace(hw, cpu=replace(hw.cpu, memory_bandwidth_gbps=measure_memory_bandwidth()))
+    return hw
