@@ -131,10 +131,26 @@ def check_exposure(host: str, has_key: bool, insecure: bool) -> None:
     )
 
 
-def engine_choice() -> click.Choice:
-    from qwen_deploy import engines
+class _EngineChoice(click.Choice):
+    """--engine's choices, read from the registry when a value is checked (so an engine registered after
+    this module was imported is a choice too)."""
 
-    return click.Choice(engines.names())
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self):  # type: ignore[override]
+        from qwen_deploy import engines
+
+        return tuple(engines.names())
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+
+def engine_choice() -> click.Choice:
+    return _EngineChoice()
 
 
 def plan_options(func):

@@ -2,13 +2,16 @@
 
 An engine is one package under qwen_deploy/engines/ that owns all it knows (see base.Engine). Nothing
 outside this package tests an engine's name: the planner, launcher, renderer and CLI ask the engine object.
-A new engine registers with `register(engine)` (a plugin, or a test's stand-in) or is listed in BUILTIN.
+A new engine is listed in BUILTIN, registers itself with `register(engine)`, or is a module named in the
+environment variable QWEN_DEPLOY_ENGINE_MODULES (comma-separated importable names, each defining ENGINE),
+imported the first time the registry is asked for its engines: a plugin outside this package.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import os
 import re
 from typing import TYPE_CHECKING
 
@@ -22,6 +25,27 @@ BUILTIN: dict[str, tuple[str, str, str | None]] = {
     "llamacpp": ("qwen_deploy.engines.llamacpp", "llama.cpp", None),
 }
 _registered: dict[str, Engine] = {}
+PLUGINS_VAR = "QWEN_DEPLOY_ENGINE_MODULES"
+_plugins_loaded: set[str] = set()
+
+
+def _load_plugins() -> None:
+    """Import the modules QWEN_DEPLOY_ENGINE_MODULES names (once each) and register their ENGINE."""
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_VAR, "").split(","))):
+        if module in _plugins_loaded:
+            continue
+        _plugins_loaded.add(module)
+        from qwen_deploy.errors import UsageError
+
+        try:
+            engine = importlib.import_module(module).ENGINE
+        except ImportError as exc:
+            raise UsageError(f"{PLUGINS_VAR} names {module!r}, which cannot be imported: {exc}.") from None
+        except AttributeError:
+            raise UsageError(f"{PLUGINS_VAR} names {module!r}, which defines no ENGINE.") from None
+        if not getattr(engine, "name", "") or engine.name in BUILTIN:
+            raise UsageError(f"{PLUGINS_VAR}: the engine in {module!r} needs a name of its own, not {engine.name!r}.")
+        register(engine)
 
 
 def register(engine: Engine) -> Engine:
@@ -36,6 +60,7 @@ def unregister(name: str) -> None:
 
 def names() -> list[str]:
     """Every engine's name, built-in first, in a fixed order."""
+    _load_plugins()
     return [*BUILTIN, *(n for n in _registered if n not in BUILTIN)]
 
 
@@ -48,6 +73,7 @@ def label(name: str) -> str:
 def version_flags() -> dict[str, str]:
     """engine name -> the option that names its version ('vllm-version'), for engines whose memory rules
     depend on their release."""
+    _load_plugins()
     flags = {name: flag for name, (_, _, flag) in BUILTIN.items() if flag}
     flags.update({name: e.version_flag for name, e in _registered.items() if e.version_flag})
     return flags
@@ -76,6 +102,8 @@ def installed_version(name: str) -> str | None:
 
 def get(name: str) -> Engine:
     """The engine called `name` (its module is imported now, the first time)."""
+    if name not in BUILTIN:
+        _load_plugins()
     if name in _registered:
         return _registered[name]
     if name not in BUILTIN:
