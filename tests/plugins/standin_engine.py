@@ -55,12 +55,26 @@ class StandIn(Engine):
             )  # fmt: skip
             out.append(
                 Candidate(
-                    engine=self.name, device="cpu", precision=art.precision, artifact=art, kv_cache_dtype="f16",
-                    context=context, max_context=longest, concurrency=1.0, tensor_parallel_size=1, replicas=1,
-                    fits=fits, reason=why or f"stand-in at {context:,} tokens", memory=memory,
-                    decode_tokens_per_s=1.0, served_name=served_name(model), host=request.host,
-                    port=request.port, meets_target=fits and context >= target(request, model),
-                    shortfall_bytes=short, settings={"threads": 1},
+                    engine=self.name,
+                    device="cpu",
+                    precision=art.precision,
+                    artifact=art,
+                    kv_cache_dtype="f16",
+                    context=context,
+                    max_context=longest,
+                    concurrency=1.0,
+                    tensor_parallel_size=1,
+                    replicas=1,
+                    fits=fits,
+                    reason=why or f"stand-in at {context:,} tokens",
+                    memory=memory,
+                    decode_tokens_per_s=1.0,
+                    served_name=served_name(model),
+                    host=request.host,
+                    port=request.port,
+                    meets_target=fits and context >= target(request, model),
+                    shortfall_bytes=short,
+                    settings={"threads": 1},
                 )  # fmt: skip
             )
         return out
@@ -86,7 +100,18 @@ class StandIn(Engine):
 
     def container(self, c: Candidate, model_file: str | None, all_replicas: bool = True) -> Container:
         model = model_file or c.model_ref
-        args = ["--model", model, "--alias", c.served_name, "--host", "0.0.0.0", "--port", "8080", "--ctx", str(c.context)]
+        args = [
+            "--model",
+            model,
+            "--alias",
+            c.served_name,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8080",
+            "--ctx",
+            str(c.context),
+        ]
         return Container(
             image="registry.example.org/standin:1", args=args, port=8080, uid=65532, key_var=self.api_key_env,
             memory_request_bytes=c.memory.total_bytes, memory_limit_bytes=int(c.memory.total_bytes * 1.25),
