@@ -8,7 +8,6 @@ wrote them. Adding an engine is one package with one `ENGINE = MyEngine()` (docs
 
 from __future__ import annotations
 
-import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +109,8 @@ class Engine(ABC):
 
     def check_installed(self, c: Candidate) -> None:
         """Raise QwenDeployError saying how to install the engine when it is missing."""
+        import shutil
+
         argv0 = self.command(c)[0]
         if shutil.which(argv0) is None and not Path(argv0).is_file():
             raise QwenDeployError(

@@ -84,10 +84,12 @@ class LlamaCppPython(Engine):
     start_seconds = 30.0
 
     def candidates(self, model: ModelSpec, hardware: Hardware, request: Request) -> list[Candidate]:
-        from qwen_deploy.engines.llamacpp.gpu_plan import gpu_candidates
-
         cpu = plan.cpu_candidates(self.name, self.kv_types, model, hardware, request) if request.gpu_layers in (
             "auto", 0) else []  # fmt: skip
+        if not any(g.backend in plan.OFFLOAD_BACKENDS for g in hardware.gpus):
+            return cpu  # the offload model is not even imported
+        from qwen_deploy.engines.llamacpp.gpu_plan import gpu_candidates
+
         return cpu + gpu_candidates(self.name, self.kv_types, model, hardware, request)
 
     # ------------------------------------------------------------------ running

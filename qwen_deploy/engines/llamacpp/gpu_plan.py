@@ -25,7 +25,7 @@ from qwen_deploy.candidates import (
 )
 from qwen_deploy.engines.llamacpp import memory as lm
 from qwen_deploy.engines.llamacpp import offload
-from qwen_deploy.engines.llamacpp.plan import CPU_TYPICAL_BANDWIDTH_GBPS, cpu_settings
+from qwen_deploy.engines.llamacpp.plan import CPU_TYPICAL_BANDWIDTH_GBPS, OFFLOAD_BACKENDS, cpu_settings
 from qwen_deploy.hardware.types import GPU, Hardware
 from qwen_deploy.memory import DeviceMemory, MemoryEstimate, empty_estimate
 from qwen_deploy.model.types import Artifact, ModelSpec
@@ -91,7 +91,7 @@ def gpu_candidates(engine: str, kv_types: tuple[str, ...], model: ModelSpec, hw:
     """One candidate per GGUF artifact and KV type on the machine's GPU(s) (none on a machine without)."""
     from qwen_deploy import engines
 
-    gpus = [g for g in hw.gpus if g.backend in ("cuda", "metal")]
+    gpus = [g for g in hw.gpus if g.backend in OFFLOAD_BACKENDS]
     if not gpus or request.gpu_layers == 0:
         return []
     impl = engines.get(engine)

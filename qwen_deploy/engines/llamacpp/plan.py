@@ -23,6 +23,7 @@ from qwen_deploy.model.types import Artifact, ModelSpec
 from qwen_deploy.units import format_size
 
 CPU_DECODE_EFFICIENCY = 1.0
+OFFLOAD_BACKENDS = ("cuda", "metal")  # GPUs llama.cpp offloads layers to (gpu_plan.py)
 CPU_TYPICAL_BANDWIDTH_GBPS = 40.0  # dual-channel DDR4/DDR5 desktop, effective; `probe --measure` replaces it
 
 DEFAULT_N_BATCH = 512

@@ -16,8 +16,7 @@ from typing import Any
 from qwen_deploy.candidates import Candidate, Request
 from qwen_deploy.engines import log_pattern
 from qwen_deploy.engines.base import ArgReader, Container, Engine
-from qwen_deploy.engines.vllm import plan
-from qwen_deploy.engines.vllm.memory import VLLM_BLOCK_SIZE
+from qwen_deploy.engines.vllm.versions import VLLM_BLOCK_SIZE
 from qwen_deploy.errors import UsageError
 from qwen_deploy.hardware.types import Hardware
 from qwen_deploy.model.types import ModelSpec
@@ -97,6 +96,10 @@ class Vllm(Engine):
     )
 
     def candidates(self, model: ModelSpec, hardware: Hardware, request: Request) -> list[Candidate]:
+        if not any(g.backend == "cuda" for g in hardware.gpus):
+            return []  # its memory rules are not even imported
+        from qwen_deploy.engines.vllm import plan
+
         return plan.candidates(self.name, self.kv_types, model, hardware, request)
 
     def no_candidates(self, model: ModelSpec, hardware: Hardware) -> str | None:

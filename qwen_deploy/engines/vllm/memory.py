@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwen_deploy.engines.vllm import rules, weights
+from qwen_deploy.engines.vllm.versions import VLLM_BLOCK_SIZE
 from qwen_deploy.hardware.types import GPU
 from qwen_deploy.memory import DeviceMemory, MemoryEstimate
 from qwen_deploy.model.types import Artifact, ModelSpec
 
 PINNED_VERSION = "0.33.0"  # pyproject's vllm extra and the vllm/vllm-openai image render writes
-VLLM_BLOCK_SIZE = 16  # config/cache.py DEFAULT_BLOCK_SIZE (every release read)
 
 
 def geometry(model: ModelSpec) -> rules.Geometry:

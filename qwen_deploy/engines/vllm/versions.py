@@ -7,6 +7,8 @@ import re
 GiB = 1 << 30
 MiB = 1 << 20
 
+VLLM_BLOCK_SIZE = 16  # config/cache.py DEFAULT_BLOCK_SIZE (every release read)
+
 RULES_MIN = (0, 10)  # first release modelled (0.9.x: profile/sampler paths not read in full -> NotModelled)
 RULES_MAX = (0, 33)  # newest release read (0.33.0 is the project's pin)
 
