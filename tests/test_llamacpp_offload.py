@@ -251,3 +251,23 @@ def test_public_record_no_false_fit(rec):
 )
 def test_public_working_set(rec):
     assert evaluate.evaluate_working_set(rec)["ok"]
+
+
+def test_gpu_check_reads_a_public_cuda_log_per_device():
+    """scripts/gpu-check's reader (bench/gpu_check.py) on the first record's quoted lines (a GTX 1060, Qwen3-4B
+    Q4_K_M, -ngl 37, 8192 tokens): CUDA0 holds 2375.91 MiB of model, 1152.00 of KV, 554.00 of compute; the
+    host holds CPU_Mapped 304.28 (model), CUDA_Host 21.01 (compute) and 0.58 (output)."""
+    from bench.gpu_check import MiB as mib
+    from bench.gpu_check import logged_devices
+
+    record = yaml.safe_load(evaluate.LOGS.read_text())["records"][0]
+    devices = logged_devices("\n".join(record["quoted_lines"]))
+    assert set(devices) == {"CUDA0", "CPU"}
+    assert devices["CUDA0"] == {
+        "model_bytes": round(2375.91 * mib), "kv_bytes": round(1152.00 * mib), "compute_bytes": round(554.00 * mib),
+        "other_bytes": 0,
+    }  # fmt: skip
+    assert devices["CPU"] == {
+        "model_bytes": round(304.28 * mib), "kv_bytes": 0, "compute_bytes": round(21.01 * mib),
+        "other_bytes": round(0.58 * mib),
+    }  # fmt: skip
