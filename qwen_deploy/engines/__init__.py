@@ -83,18 +83,18 @@ def installed_version(name: str) -> str | None:
     """The version of an engine's package installed beside qwen-deploy, from its metadata folder
     (`PACKAGE-X.Y.Z.dist-info` on sys.path): no import of the engine, and faster than importlib.metadata."""
     import sys
-    from pathlib import Path
 
     package = get(name).package
     if not package:
         return None
+    prefix, suffix = package + "-", ".dist-info"
     for entry in sys.path:
         try:
-            found = sorted(Path(entry or ".").glob(f"{package}-*.dist-info"))
+            found = sorted(n for n in os.listdir(entry or ".") if n.startswith(prefix) and n.endswith(suffix))
         except OSError:
             continue
         for folder in found:
-            version = folder.name[len(package) + 1 : -len(".dist-info")]
+            version = folder[len(prefix) : -len(suffix)]
             if version[:1].isdigit():
                 return version
     return None
