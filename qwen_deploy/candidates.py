@@ -24,6 +24,8 @@ PLAN_SCHEMA = "qwen-deploy/plan/v1"
 
 AUTO_CONTEXT_TARGET = 32768  # `--context auto` prefers candidates that reach 32K
 DEFAULT_MIN_CONTEXT = 4096
+# `--context auto` gives no context a person could not fill: its whole prefill within this (--max-fill-time).
+DEFAULT_MAX_FILL_SECONDS = 600.0
 
 # Quality order of weight precisions (higher is closer to the BF16 original). Published perplexity and
 # benchmark deltas put 8-bit formats within noise of BF16, 6-bit just below, 4-bit a visible step down.
@@ -66,6 +68,7 @@ class Request:
     host: str = "127.0.0.1"
     port: int = 8000
     gpu_layers: int | str = "auto"  # llama.cpp's -ngl: a number of layers, "all", or "auto" (the planner's)
+    max_fill_time: float = DEFAULT_MAX_FILL_SECONDS  # seconds; `auto` contexts are prefilled within it
     tensor_parallel_size: int | None = None  # None: the planner chooses (tensor parallel only when needed)
     data_parallel_size: int | None = None  # replicas; None: as many as the GPUs allow
     # engine name -> {"version": "0.19.1", "source": "installed" | "--vllm-version" ...}: whose rules apply
@@ -84,6 +87,7 @@ class Request:
             "host": self.host,
             "port": self.port,
             "gpu_layers": self.gpu_layers,
+            "max_fill_time": self.max_fill_time,
             "tensor_parallel_size": self.tensor_parallel_size,
             "data_parallel_size": self.data_parallel_size,
             "engine_versions": {k: dict(v) for k, v in self.engine_versions.items()},
@@ -116,6 +120,11 @@ class Candidate:
     shortfall_bytes: int = 0  # how much more memory the requested context would need (0 when it fits)
     runnable: bool = True  # False: the engine cannot run this at all (no command)
     gpu_layers: str | None = None  # "k/n": layers on the GPU of the model's n (llama.cpp's -ngl; None: n/a)
+    # Prefill speed for a SPEED_CONTEXT-token prompt and the seconds to prefill the whole context (None: not
+    # modelled, as on GPUs, which prefill a 4B model's context in seconds).
+    prefill_tokens_per_s: float | None = None
+    fill_seconds: float | None = None
+    parallel: int | None = None  # requests served at once (llama.cpp's slots); None: the engine batches freely
 
     @property
     def engine_impl(self) -> Engine:
@@ -174,6 +183,9 @@ class Candidate:
             "reason": self.reason,
             "memory": self.memory.to_dict(),
             "decode_tokens_per_s": round(self.decode_tokens_per_s, 1),
+            "prefill_tokens_per_s": None if self.prefill_tokens_per_s is None else round(self.prefill_tokens_per_s, 1),
+            "fill_seconds": None if self.fill_seconds is None else round(self.fill_seconds, 1),
+            "parallel": self.parallel,
             "engine_args": self.engine_args,
             "command": list(self.command),
         }
@@ -234,6 +246,30 @@ def decide_context(request: Request, model: ModelSpec, max_context: int, per_tok
         return max_context, True, "", 0
     short = (minimum - max_context) * per_token * request.concurrency
     return minimum, False, too_small(minimum, max_context, request, per_token), max(0, int(short))
+
+
+def fill_bounded(request: Request, model: ModelSpec, memory_max: int, rates: Any, step: int) -> tuple[int, str, int]:
+    """(the longest context to plan, a note for the reason, the context target it must reach): with `--context
+    auto`, no longer than what is prefilled within --max-fill-time (never below --min-context), and that
+    bound is then the target (a longer one could not be used); `max` and an exact N are not bounded."""
+    goal = target(request, model)
+    if request.context != "auto" or rates is None or memory_max <= 0:
+        return memory_max, "", goal
+    from qwen_deploy import speed
+
+    fillable = speed.longest_fillable(model, rates, request.max_fill_time) // step * step
+    floor = min(memory_max, request.min_context or min(DEFAULT_MIN_CONTEXT, model.max_context))
+    if fillable >= memory_max:
+        return memory_max, "", goal
+    bounded = max(fillable, floor)
+    if fillable < floor:
+        note = f"; even {bounded:,} tokens take longer than {request.max_fill_time:g} s to prefill here"
+    else:
+        note = (
+            f"; {bounded:,} tokens, not the {memory_max:,} that fit: a longer prompt would take more than "
+            f"{request.max_fill_time:g} s to prefill (--max-fill-time; --context max for the longest)"
+        )
+    return bounded, note, min(goal, bounded)
 
 
 def too_small(wanted: int, max_context: int, request: Request, per_token: int) -> str:

@@ -66,6 +66,8 @@ def _request(data: Any, where: str):
         raise UsageError(f"{w}.gpu_layers must be a number of layers, 'all' or 'auto', not {values.show(layers)}.")
     if isinstance(layers, int):
         values.integer(layers, f"{w}.gpu_layers", 0, 100_000)
+    if "max_fill_time" in kwargs:
+        kwargs["max_fill_time"] = values.number(kwargs["max_fill_time"], f"{w}.max_fill_time", 0, 1e7, lo_open=True)
     for key in ("tensor_parallel_size", "data_parallel_size"):
         if kwargs.get(key) is not None:
             values.integer(kwargs[key], f"{w}.{key}", 1, 64)

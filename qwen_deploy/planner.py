@@ -33,11 +33,12 @@ __all__ = ["PLAN_SCHEMA", "Candidate", "Plan", "Request", "nothing_fits_message"
 def _rank_key(c: Candidate, request: Request) -> tuple:
     """Smaller sorts first. See README 'How the planner chooses'."""
     device = 0 if c.device == "gpu" else 1
+    preference = c.engine_impl.preference(request)
     if request.context == "max":
-        head: tuple = (not c.fits, -c.context, device)
+        head: tuple = (not c.fits, preference, -c.context, device)
     else:
         # auto / N: candidates that reach the target first; among those that do not, the longest context.
-        head = (not c.fits, not c.meets_target, -c.context if not c.meets_target else 0, device)
+        head = (not c.fits, preference, not c.meets_target, -c.context if not c.meets_target else 0, device)
     spilled = _spilled(c)
     if request.prefer == "speed":
         tail: tuple = (-round(c.decode_tokens_per_s, 3), -c.quality)

@@ -286,7 +286,7 @@ def render_compose(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, 
         in_container = str(inner)
         if not _readable_by_others(local):
             warnings.append(f"{local} is not readable by other users; the container runs as a non-root user.")
-    box = engine.container(c, in_container)
+    box = engine.container(c, in_container, model=p.model)
     publish_host = o.host if o.host not in ("0.0.0.0", "::") else ""
     name = _container_name(o, warnings)
     context = {
@@ -343,7 +343,7 @@ def render_k8s(p: Plan, o: RenderOptions, warnings: list[str]) -> dict[str, str]
             f"the pods read {local.name} from their model-cache volume ({in_volume}): copy it there first, e.g. "
             f"`kubectl cp {local} POD:{in_volume}` into a helper pod that mounts the claim."
         )
-    box = c.engine_impl.container(c, in_volume, all_replicas=False)  # replicas are pods here
+    box = c.engine_impl.container(c, in_volume, all_replicas=False, model=p.model)  # replicas are pods here
     timeout = load_timeout_s(c, download=box.downloads)
     context = {
         "name": _container_name(o, warnings),

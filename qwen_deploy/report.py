@@ -42,6 +42,17 @@ def _context(c: Candidate) -> str:
     return f"{c.context:,}" if c.fits else (f"max {c.max_context:,}" if c.max_context else "-")
 
 
+def duration(seconds: float | None) -> str:
+    """A fill time for people: 42 s, 7.5 min, 2.1 h ('-' when not modelled)."""
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _why(c: Candidate) -> str:
     """The table's short reason; the full sentence with the arithmetic is in --json and below the table."""
     if not c.fits:
@@ -65,7 +76,9 @@ def print_plan(plan: Plan) -> None:
         ("context", {"justify": "right"}),
         ("concurrency", {"justify": "right"}),
         ("memory", {"justify": "right"}),
-        ("tok/s", {"justify": "right"}),
+        ("decode tok/s", {"justify": "right"}),
+        ("prefill tok/s", {"justify": "right"}),
+        ("fill", {"justify": "right"}),
         ("why", {"overflow": "fold", "ratio": 1}),
     ]:
         table.add_column(col, **kw)
@@ -81,7 +94,9 @@ def print_plan(plan: Plan) -> None:
             _context(c),
             f"{c.concurrency:.1f}" if c.fits else "-",
             format_size(c.memory.total_bytes),
-            f"{c.decode_tokens_per_s:.0f}",
+            f"{c.decode_tokens_per_s:.1f}" if c.decode_tokens_per_s < 10 else f"{c.decode_tokens_per_s:.0f}",
+            "-" if c.prefill_tokens_per_s is None else f"{c.prefill_tokens_per_s:.0f}",
+            duration(c.fill_seconds) if c.fits else "-",
             _why(c),
         )
     console.print(table)
@@ -89,6 +104,13 @@ def print_plan(plan: Plan) -> None:
         console.print(
             f"[bold]choice:[/bold] {plan.choice.label()} at {plan.choice.context:,} tokens — {plan.choice.reason}"
         )
+        c = plan.choice
+        if c.prefill_tokens_per_s is not None:
+            console.print(
+                f"speed (predicted): decode {c.decode_tokens_per_s:.1f} tok/s, prefill "
+                f"{c.prefill_tokens_per_s:.0f} tok/s; the whole {c.context:,}-token context prefills in "
+                f"{duration(c.fill_seconds)} (--max-fill-time {plan.request.max_fill_time:g} s bounds --context auto)"
+            )
         print_breakdown(plan.choice, plan.model.tokenizer_merges)
 
 

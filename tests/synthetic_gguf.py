@@ -144,18 +144,35 @@ def write_synthetic_gguf(
     return path
 
 
-def full_size_qwen3_4b() -> Path:
-    """A GGUF with every dimension of Qwen3-4B (random Q8_0 weights, 4.3 GB), written once into the test-model
-    cache (about 1.5 minutes): the real model cannot be downloaded here, and loading and answering with this
-    one take what the real one's do. For the benchmarks; the tests use the small shapes."""
+def full_size_qwen3_4b(quant: str = "Q8_0") -> Path:
+    """A GGUF with every dimension of Qwen3-4B (random weights), written once into the test-model cache: Q8_0
+    (4.3 GB, about 1.5 minutes) or Q4_K_M (2.5 GB: the Q8_0 file requantized by llama.cpp's own
+    llama_model_quantize, the mix of q4_K/q6_K tensors a real Q4_K_M has; about 6 minutes on 2 cores). The
+    real model cannot be downloaded here; loading and running this one take what the real one's do. For the
+    benchmarks; the tests use the small shapes."""
     import os
 
     from tests.real_models import cache_dir
 
-    target = cache_dir() / "synthetic-qwen3-4b-q8_0.gguf"
-    if not target.exists():
+    if quant not in ("Q8_0", "Q4_K_M"):
+        raise ValueError(f"quant must be Q8_0 or Q4_K_M, not {quant!r}")
+    target = cache_dir() / f"synthetic-qwen3-4b-{quant.lower()}.gguf"
+    if target.exists():
+        return target
+    partial = target.with_suffix(".partial")
+    if quant == "Q8_0":
         print(f"writing {target} (once) ...", flush=True)
-        partial = target.with_suffix(".partial")
         write_synthetic_gguf(partial, QWEN3_4B_FULL, weights="Q8_0")
-        os.replace(partial, target)
+    else:
+        import llama_cpp
+
+        source = full_size_qwen3_4b("Q8_0")
+        print(f"quantizing {source.name} to {target.name} (once) ...", flush=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+        params.allow_requantize = True
+        params.nthread = os.cpu_count() or 2
+        if llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), params) != 0:
+            raise RuntimeError(f"llama_model_quantize failed for {source}")
+    os.replace(partial, target)
     return target

@@ -158,13 +158,15 @@ def test_cpu_balanced_chooses_a_4_bit_quant_and_quality_the_highest():
 
 def test_cpu_context_is_the_longest_that_fits_the_ram_budget():
     hw = make_hardware(ram_gib=16)
-    c = plan(QWEN, hw).choice
+    c = plan(QWEN, hw, Request(context="max", kv_cache_dtype="f16")).choice
     budget = ram_budget(hw)  # 16 GiB − 1.6 GiB reserve
     assert budget == 16 * GiB - int(16 * GiB * 0.1)
     assert c.memory.total_bytes <= budget
     assert c.context % 256 == 0
     # 256 more tokens would not fit
-    longer = plan(QWEN, hw, Request(context=c.context + 256, precision=c.precision, kv_cache_dtype="f16"))
+    longer = plan(
+        QWEN, hw, Request(context=c.context + 256, precision=c.precision, kv_cache_dtype="f16", engine="llamacpp")
+    )
     assert longer.choice is None
     # llama.cpp flags are explicit, never the server's defaults
     args = c.engine_args
@@ -283,7 +285,7 @@ def test_tiny_context_models_plan_one_padded_step(tmp_path):
 def test_less_free_ram_than_planned_is_a_warning_not_a_different_plan():
     roomy = make_hardware(ram_gib=32)
     busy = make_hardware(ram_gib=32, available_gib=6)
-    a, b = plan(QWEN, roomy), plan(QWEN, busy)
+    a, b = plan(QWEN, roomy, Request(context="max")), plan(QWEN, busy, Request(context="max"))
     assert a.choice.context == b.choice.context
     assert "is free now" in b.choice.reason and "is free now" not in a.choice.reason
 
@@ -314,10 +316,14 @@ def test_contradictory_or_bad_requests_are_usage_errors(request_, match):
         plan(QWEN, make_hardware(), request_)
 
 
-def test_concurrency_on_cpu_says_llamacpp_serves_one_at_a_time():
+def test_concurrency_on_cpu_gives_llama_server_slots():
+    """llama-cpp-python's server answers one request at a time: above one, llama-server's slots win."""
     p = plan(QWEN, make_hardware(), Request(concurrency=4))
-    assert p.choice is None
-    assert all("one request at a time" in c.reason for c in p.candidates)
+    assert p.choice.engine == "llama-server" and p.choice.parallel == 4
+    assert p.choice.engine_args["parallel"] == 4 and p.choice.engine_args["ctx-size"] == 4 * p.choice.context
+    assert all("one request at a time" in c.reason for c in p.candidates if c.engine == "llamacpp")
+    # one request: llama-cpp-python's server first (the engine scripts/install-llamacpp installs by default)
+    assert plan(QWEN, make_hardware()).choice.engine == "llamacpp"
 
 
 def test_vllm_concurrency_scales_the_context():

@@ -134,7 +134,12 @@ def test_cpu_plan_files_pass_the_validators(tmp_path, user):
     # MemoryMax: the plan's total × 1.25, in MiB, rounded up
     assert f"MemoryMax={math.ceil(c.memory.total_bytes * 1.25 / 1024**2)}M\n" in unit
     k8s = list(yaml.safe_load_all(files["k8s.yaml"]))[1]["spec"]["template"]["spec"]["containers"][0]
-    assert k8s["resources"]["requests"]["memory"] == f"{math.ceil(c.memory.total_bytes / 1024**2)}Mi"
+    # the container runs llama.cpp's own server (the same build): it asks for llama-server's memory for the plan
+    from qwen_deploy.engines.llama_server.plan import from_llamacpp
+
+    served = from_llamacpp(c, QWEN).memory.total_bytes
+    assert served < c.memory.total_bytes  # a C++ process and one logits row: less than llama-cpp-python's
+    assert k8s["resources"]["requests"]["memory"] == f"{math.ceil(served / 1024**2)}Mi"
     assert "PrivateDevices=yes" in unit and "DeviceAllow" not in unit
     compose = yaml.safe_load(files["compose.yaml"])
     service = compose["services"]["qwen3"]

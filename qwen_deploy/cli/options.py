@@ -227,6 +227,14 @@ def plan_options(func):
             help="llama.cpp layers on the GPU (auto: all that fit, or the split that reaches the context).",
         ),
         click.option(
+            "--max-fill-time",
+            type=Number(0, 1e7, lo_open=True),
+            default=600.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="With --context auto, no context whose whole prompt takes longer than this to prefill.",
+        ),
+        click.option(
             "--tensor-parallel-size", type=Integer(1, 64), help="GPUs one replica spans (default: as few as fit)."
         ),
         click.option("--data-parallel-size", type=Integer(1, 64), help="Replicas (default: as many as GPUs allow)."),
@@ -274,7 +282,7 @@ def engine_versions(options: dict[str, Any]) -> dict[str, dict[str, str]]:
 PLAN_OPTION_NAMES = (
     "model_ref", "hardware_file", "gpus", "vram", "ram", "cpus", "no_gpu", "context", "min_context",
     "concurrency", "engine", "precision", "kv_cache_dtype", "gpu_memory_utilization", "prefer",
-    "tensor_parallel_size", "data_parallel_size", "gpu_layers",
+    "tensor_parallel_size", "data_parallel_size", "gpu_layers", "max_fill_time",
 )  # fmt: skip
 
 
@@ -299,6 +307,7 @@ def build_plan(
     tensor_parallel_size: int | None = None,
     data_parallel_size: int | None = None,
     gpu_layers: str = "auto",
+    max_fill_time: float = 600.0,
     artifact_format: str | None = None,
     **versions: Any,
 ):
@@ -339,6 +348,7 @@ def build_plan(
         tensor_parallel_size=tensor_parallel_size,
         data_parallel_size=data_parallel_size,
         gpu_layers=gpu_layers_value(gpu_layers),
+        max_fill_time=max_fill_time,
         engine_versions=engine_versions(versions),
     )
     return planner.plan(model, hw, request)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 BUILTIN: dict[str, tuple[str, str, str | None]] = {
     "vllm": ("qwen_deploy.engines.vllm", "vLLM", "vllm-version"),
     "llamacpp": ("qwen_deploy.engines.llamacpp", "llama.cpp", None),
+    "llama-server": ("qwen_deploy.engines.llama_server", "llama-server", None),
 }
 _registered: dict[str, Engine] = {}
 PLUGINS_VAR = "QWEN_DEPLOY_ENGINE_MODULES"

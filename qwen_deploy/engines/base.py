@@ -79,6 +79,11 @@ class Engine(ABC):
         """A user's --kv-cache-dtype in this engine's own names."""
         return self.sixteen_bit_kv if kv in SIXTEEN_BIT_KV else kv
 
+    def preference(self, request: Request) -> int:
+        """Rank among fitting candidates before anything else (lower first; 0 for most engines): how an engine
+        that serves the same request differently steps back (planner._rank_key)."""
+        return 0
+
     def no_candidates(self, model: ModelSpec, hardware: Hardware) -> str | None:
         """Why this engine offers nothing here (None: it offered candidates, or has no special reason)."""
         return None
@@ -135,10 +140,13 @@ class Engine(ABC):
     # ------------------------------------------------------------------ deployment files
 
     @abstractmethod
-    def container(self, c: Candidate, model_file: str | None, all_replicas: bool = True) -> Container:
+    def container(
+        self, c: Candidate, model_file: str | None, all_replicas: bool = True, *, model: ModelSpec | None = None
+    ) -> Container:
         """The container that serves `c` (compose, Kubernetes). model_file: where the model is inside the
         container (None: the engine downloads it into the cache volume); all_replicas: one container runs
-        every replica (compose), else one per pod (Kubernetes)."""
+        every replica (compose), else one per pod (Kubernetes); model: the plan's model (for an engine whose
+        container runs another server than `up` does and must size it again)."""
 
     def unit_settings(self, c: Candidate, user_unit: bool) -> dict[str, Any]:
         """Switches for its systemd unit (templates/systemd.service.j2): cache_env (variables that put the

@@ -98,7 +98,7 @@ class StandIn(Engine):
         r.done()
         return replace(c, context=context, served_name=alias, host=host, port=port)
 
-    def container(self, c: Candidate, model_file: str | None, all_replicas: bool = True) -> Container:
+    def container(self, c: Candidate, model_file: str | None, all_replicas: bool = True, *, model=None) -> Container:
         model = model_file or c.model_ref
         args = [
             "--model",

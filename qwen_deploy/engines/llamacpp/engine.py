@@ -217,12 +217,22 @@ class LlamaCppPython(Engine):
 
     # ------------------------------------------------------------------ deployment files
 
-    def container(self, c: Candidate, model_file: str | None, all_replicas: bool = True) -> Container:
+    def container(
+        self, c: Candidate, model_file: str | None, all_replicas: bool = True, *, model: ModelSpec | None = None
+    ) -> Container:
+        """llama-cpp-python has no maintained image: the container runs llama.cpp's own server from the same
+        build, at the plan's settings, sized by llama-server's own memory model (engines/llama_server) on the
+        CPU; GPU plans run the official CUDA server image with the plan's layers."""
         if c.device == "gpu" and any(d.name.startswith("MTL") for d in c.memory.devices):
             raise UsageError(
                 "containers on macOS cannot reach the Metal GPU (Docker runs them in a Linux VM): run this plan "
                 "with `qwen-deploy up` on the Mac itself, or plan for an NVIDIA GPU with --gpu NAME."
             )
+        if c.device == "cpu" and model is not None:
+            from qwen_deploy.engines.llama_server.engine import container_for
+            from qwen_deploy.engines.llama_server.plan import from_llamacpp
+
+            return container_for(from_llamacpp(c, model), model_file)
         return server_flags.container(c, model_file)
 
     def unit_settings(self, c: Candidate, user_unit: bool) -> dict[str, Any]:

@@ -333,6 +333,7 @@ def _make(engine: str, model: ModelSpec, art: Artifact, kv: str, request: Reques
         reason=reason,
         memory=est,
         decode_tokens_per_s=speed,
+        parallel=1,
         served_name=served_name(model),
         host=request.host,
         port=request.port,

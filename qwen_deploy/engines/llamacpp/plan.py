@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from qwen_deploy import speed as sp
 from qwen_deploy.candidates import (
     Candidate,
     Request,
     decide_context,
-    decode_speed,
+    fill_bounded,
     ram_budget,
     served_name,
-    target,
     wanted_context,
 )
 from qwen_deploy.engines.llamacpp import memory as lm
@@ -22,9 +22,8 @@ from qwen_deploy.memory import DeviceMemory, MemoryEstimate, empty_estimate
 from qwen_deploy.model.types import Artifact, ModelSpec
 from qwen_deploy.units import format_size
 
-CPU_DECODE_EFFICIENCY = 1.0
 OFFLOAD_BACKENDS = ("cuda", "metal")  # GPUs llama.cpp offloads layers to (gpu_plan.py)
-CPU_TYPICAL_BANDWIDTH_GBPS = 40.0  # dual-channel DDR4/DDR5 desktop, effective; `probe --measure` replaces it
+CPU_TYPICAL_BANDWIDTH_GBPS = sp.CPU_TYPICAL_BANDWIDTH_GBPS
 
 DEFAULT_N_BATCH = 512
 DEFAULT_N_UBATCH = 512
@@ -153,7 +152,9 @@ def _cpu_candidate(
     # the model's limit, padded the way llama.cpp pads n_ctx (at least one 256-token step)
     pad = lm.LLAMACPP_CTX_PAD
     limit = max(pad, (model.max_context // pad) * pad)
-    max_context = min(model.max_context, lm.llamacpp_max_context(lambda n: at(n).total_bytes <= budget, limit))
+    memory_max = min(model.max_context, lm.llamacpp_max_context(lambda n: at(n).total_bytes <= budget, limit))
+    rates = sp.cpu_rates(hw, art.precision, kv)
+    max_context, fill_note, goal = fill_bounded(request, model, memory_max, rates, pad)
     est_max = at(max(max_context, pad))
     context, fits, reason, shortfall = decide_context(request, model, max_context, est_max.kv_bytes_per_token)
     est = at(min(context, limit)) if context else est_max
@@ -169,7 +170,7 @@ def _cpu_candidate(
             f"fits: {format_size(est.weights_bytes)} weights"
             + (f" ({format_size(repacked)} repacked for this CPU, read without mmap)" if repacked else " (mmap)")
             + f" + {format_size(est.kv_cache_bytes)} KV + {format_size(est.overhead_bytes)} buffers/process "
-            f"in {format_size(budget)} of RAM"
+            f"in {format_size(budget)} of RAM" + fill_note
         )
         if est.total_bytes > hw.memory.available_bytes:
             reason += (
@@ -182,8 +183,7 @@ def _cpu_candidate(
             f"exceeds the {format_size(budget)} RAM budget"
         )
         shortfall = max(0, est.total_bytes - budget)
-    bandwidth = hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS
-    speed = decode_speed(bandwidth, CPU_DECODE_EFFICIENCY, art.weights_bytes, est.kv_bytes_per_token, context)
+    speed = sp.decode_tokens_per_s(model, art, kv, rates, min(context, sp.SPEED_CONTEXT))
     p = est.parts
     cpu = DeviceMemory(
         name="CPU",
@@ -209,11 +209,14 @@ def _cpu_candidate(
         reason=reason,
         memory=est,
         decode_tokens_per_s=speed,
+        prefill_tokens_per_s=sp.prefill_tokens_per_s(model, rates, context),
+        fill_seconds=sp.fill_seconds(model, rates, context),
+        parallel=1,
         served_name=served_name(model),
         host=request.host,
         port=request.port,
         settings={**cpu_settings(hw, use_mmap=not repack[1]), "chat_template": model.chat_template},
-        meets_target=fits and context >= target(request, model),
+        meets_target=fits and context >= goal,
         shortfall_bytes=shortfall,
         gpu_layers=f"0/{model.layers + 1}",
     )

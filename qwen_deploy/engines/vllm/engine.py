@@ -181,7 +181,9 @@ class Vllm(Engine):
         is not modelled by the planner."""
         return max(4, math.ceil(c.artifact.weights_bytes / c.tensor_parallel_size / GiB) + 2)
 
-    def container(self, c: Candidate, model_file: str | None, all_replicas: bool = True) -> Container:
+    def container(
+        self, c: Candidate, model_file: str | None, all_replicas: bool = True, *, model: ModelSpec | None = None
+    ) -> Container:
         """`vllm serve` flags after the image's entrypoint, bound to 0.0.0.0:8000 inside the container. With
         all_replicas False (Kubernetes) data parallelism becomes pod replicas instead of --data-parallel-size."""
         args = [model_file or str(c.artifact.repo)]

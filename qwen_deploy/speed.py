@@ -1,0 +1,108 @@
+"""How fast a llama.cpp candidate runs on a CPU: prefill (compute-bound) and decode (bandwidth-bound, with a
+compute floor), from the model's FLOPs and bytes per token against the machine's throughput. Pure.
+
+    prefill of n tokens  = 2·P·n / R_matmul + 2·L·H·D·n² / R_attention          (seconds)
+        P = the repeating layers' matrix parameters (q, k, v, o, gate, up, down); the causal attention
+        multiplies n²/2 query-key pairs by 4·H·D FLOPs (QKᵀ and softmax·V) in every layer.
+    decode at depth d    = max(bytes(d) / bandwidth, flops(d) / R_decode)          (seconds per token)
+        bytes(d) = the weights read once per token + d tokens of KV; flops(d) = 2·(P + lm_head) + 4·L·H·D·d.
+
+R_* are FLOP/s for the weights' quantization type on the planned threads (cores × a per-core rate read
+from our runs of llama.cpp's AVX2 build: CPU_RATES below, bench/speed_cpu.py holds them against measured
+speeds); `bandwidth` is `probe --measure`'s figure, else a typical one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qwen_deploy.hardware.types import Hardware
+from qwen_deploy.memory import kv_bytes_per_token
+from qwen_deploy.model.types import Artifact, ModelSpec
+
+# Decode and prefill figures are quoted for a conversation of this many tokens (its prompt, its KV).
+SPEED_CONTEXT = 4096
+CPU_TYPICAL_BANDWIDTH_GBPS = 40.0  # dual-channel DDR4/DDR5 desktop, effective; `probe --measure` replaces it
+
+# Per physical core, GFLOP/s of llama.cpp's portable AVX2 build (scripts/install-llamacpp), by the weights'
+# main type: (prefill matmul, decode mat-vec). Measured by bench/speed_cpu.py (BENCHMARKS.md speed_cpu).
+CPU_RATES: dict[str, tuple[float, float]] = {
+    "q4_k_m": (40.0, 12.0),
+    "q5_k_m": (36.0, 11.0),
+    "q6_k": (34.0, 10.0),
+    "q8_0": (45.0, 14.0),
+    "q4_0": (48.0, 14.0),
+    "q4_1": (44.0, 13.0),
+    "f16": (30.0, 8.0),
+    "bf16": (20.0, 6.0),
+}
+DEFAULT_RATE = (30.0, 8.0)
+# Attention (flash attention over an f16 cache; quantized caches dequantize first), GFLOP/s per core.
+CPU_ATTENTION_GFLOPS = {"f16": 20.0, "q8_0": 16.0, "q4_0": 14.0}
+
+
+@dataclass(frozen=True)
+class Rates:
+    matmul_flops_per_s: float
+    attention_flops_per_s: float
+    decode_flops_per_s: float
+    bandwidth_bytes_per_s: float
+
+
+def cpu_rates(hw: Hardware, precision: str, kv: str) -> Rates:
+    cores = max(1, hw.cpu.physical_cores)
+    prefill, decode = CPU_RATES.get(precision, DEFAULT_RATE)
+    attention = CPU_ATTENTION_GFLOPS.get(kv, CPU_ATTENTION_GFLOPS["f16"])
+    bandwidth = hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS
+    return Rates(prefill * cores * 1e9, attention * cores * 1e9, decode * cores * 1e9, bandwidth * 1e9)
+
+
+def layer_matrix_params(model: ModelSpec) -> int:
+    """Parameters of the repeating layers' matrices (what prefill multiplies every token by)."""
+    e, f = model.hidden_size, model.intermediate_size
+    q, kv = model.attention_heads * model.head_dim, model.kv_heads * (model.head_dim + model.value_head_dim)
+    o = model.attention_heads * model.value_head_dim
+    return model.layers * (e * q + e * kv + o * e + 3 * e * f)
+
+
+def _attention_flops_per_pair(model: ModelSpec) -> int:
+    """FLOPs one query spends on one key in all layers: QKᵀ (2·D) and the weighted V sum (2·Dv), per head."""
+    return 2 * model.layers * model.attention_heads * (model.head_dim + model.value_head_dim)
+
+
+def prefill_seconds(model: ModelSpec, rates: Rates, n: int) -> float:
+    matmul = 2 * layer_matrix_params(model) * n / rates.matmul_flops_per_s
+    attention = _attention_flops_per_pair(model) * n * n / 2 / rates.attention_flops_per_s
+    return matmul + attention
+
+
+def prefill_tokens_per_s(model: ModelSpec, rates: Rates | None, context: int) -> float | None:
+    """Tokens a second for a prompt of SPEED_CONTEXT tokens (or the whole context when shorter)."""
+    if rates is None or context <= 0:
+        return None
+    n = min(context, SPEED_CONTEXT)
+    return n / prefill_seconds(model, rates, n)
+
+
+def fill_seconds(model: ModelSpec, rates: Rates | None, context: int) -> float | None:
+    """Seconds to prefill the whole context from an empty cache."""
+    return None if rates is None or context <= 0 else prefill_seconds(model, rates, context)
+
+
+def longest_fillable(model: ModelSpec, rates: Rates, seconds: float) -> int:
+    """The longest prompt prefilled within `seconds`: the positive root of a·n² + b·n = seconds."""
+    a = _attention_flops_per_pair(model) / 2 / rates.attention_flops_per_s
+    b = 2 * layer_matrix_params(model) / rates.matmul_flops_per_s
+    return int((-b + (b * b + 4 * a * seconds) ** 0.5) / (2 * a)) if a > 0 else int(seconds / b)
+
+
+def decode_tokens_per_s(model: ModelSpec, art: Artifact, kv: str, rates: Rates, depth: int) -> float:
+    """Single-stream decode at `depth` tokens of context: the slower of reading the weights and the KV once
+    and computing the token."""
+    per_token = kv_bytes_per_token(
+        model.layers, model.kv_heads, model.head_dim, kv, value_head_dim=model.value_head_dim
+    )
+    read = art.weights_bytes + per_token * depth
+    lm_head = model.vocab_size * model.hidden_size
+    flops = 2 * (layer_matrix_params(model) + lm_head) + _attention_flops_per_pair(model) * depth
+    return 1.0 / max(read / rates.bandwidth_bytes_per_s, flops / rates.decode_flops_per_s)
