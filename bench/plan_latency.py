@@ -40,8 +40,15 @@ def main() -> None:
         "qwen-deploy --help": [py, "-m", "qwen_deploy", "--help"],
         "qwen-deploy plan --json": [py, "-m", "qwen_deploy", "plan", "--json"],
         "qwen-deploy plan --json --gpu 'RTX 4090'": [py, "-m", "qwen_deploy", "plan", "--json", "--gpu", "RTX 4090"],
-        "qwen-deploy plan --json --gpu 'RTX 4060 Laptop'": [py, "-m", "qwen_deploy", "plan", "--json", "--gpu",
-                                                            "RTX 4060 Laptop"],  # fmt: skip
+        "qwen-deploy plan --json --gpu 'RTX 4060 Laptop'": [
+            py,
+            "-m",
+            "qwen_deploy",
+            "plan",
+            "--json",
+            "--gpu",
+            "RTX 4060 Laptop",
+        ],  # fmt: skip
     }
     compile_package()
     for argv in [base, *commands.values()]:  # warm the file cache
