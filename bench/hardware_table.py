@@ -1,5 +1,7 @@
 """The seed article's hardware table, redone by the planner: what each machine really allows for
-Qwen3-4B-Instruct-2507 at 32K and at 262,144 tokens.
+Qwen3-4B-Instruct-2507 by default (`--context auto`: the longest context worth having, its whole prompt
+prefilled within 10 minutes), at 32K and at 262,144 tokens, and for four users at once; with the predicted
+decode and prefill speeds and the time to fill the context.
 
     python bench/hardware_table.py
 """
@@ -37,27 +39,42 @@ MACHINES = [
     ("RTX 4090 (24 GB) + 64 GB RAM", simulate(desktop(64, 16), gpus=("RTX 4090",))),
     ("RTX 3060 12GB + 32 GB RAM", simulate(desktop(32, 8), gpus=("RTX 3060 12GB",))),
     ("RTX 4060 Ti 16GB + 32 GB RAM", simulate(desktop(32, 8), gpus=("RTX 4060 Ti 16GB",))),
+    ("RTX 4060 Laptop (8 GB) + 16 GB RAM", simulate(desktop(16, 8), gpus=("RTX 4060 Laptop",))),
+    ("GTX 1650 (4 GB) + 16 GB RAM", simulate(desktop(16, 4), gpus=("GTX 1650",))),
+    ("MacBook M2, 16 GB", simulate(desktop(16, 8), gpus=("M2 16GB",))),
     ("32 GB CPU server, 16 cores", desktop(32, 16)),
     ("16 GB laptop, 8 cores", desktop(16, 8)),
+    ("2-core VM, 24 GB (this project's CI machine)", desktop(24, 2)),
 ]
+REQUESTS = [("auto", Request()), ("32,768", Request(context=32768)), ("262,144", Request(context=262144)),
+            ("auto, 4 users", Request(concurrency=4))]  # fmt: skip
+
+
+def duration(seconds: float | None) -> str:
+    from qwen_deploy.report import duration as fmt
+
+    return fmt(seconds)
 
 
 def main() -> None:
     model = load_profile("qwen3-4b-instruct-2507")
-    print("| machine | context | choice | KV cache | concurrency | memory used | est. tok/s |")
-    print("|---|---:|---|---|---:|---:|---:|")
+    print("| machine | asked | choice | context | KV cache | memory used | decode tok/s | prefill tok/s | fill |")
+    print("|---|---|---|---:|---|---:|---:|---:|---:|")
     for name, hw in MACHINES:
-        for context in (32768, 262144):
-            p = plan(model, hw, Request(context=context))
+        for asked, request in REQUESTS:
+            p = plan(model, hw, request)
             c = p.choice
             if c is None:
-                why = nothing_fits_message(p).split(" Nearest: ")[1].split(";")[0]
-                print(f"| {name} | {context:,} | nothing fits — nearest: {why} | | | | |")
+                why = nothing_fits_message(p).split(" Nearest: ")[-1].split(";")[0]
+                print(f"| {name} | {asked} | nothing fits — nearest: {why} | | | | | | |")
                 continue
+            where = f" {c.gpu_layers} on GPU" if c.gpu_layers and c.device == "gpu" else ""
+            slots = f" ×{c.parallel} slots" if c.parallel and c.parallel > 1 else ""
+            prefill = "-" if c.prefill_tokens_per_s is None else f"{c.prefill_tokens_per_s:.0f}"
             print(
-                f"| {name} | {context:,} | {c.engine} {c.precision} | {c.kv_cache_dtype} "
-                f"({format_size(c.memory.kv_cache_bytes)}) | {c.concurrency:.1f} | "
-                f"{format_size(c.memory.total_bytes)} of {format_size(c.memory.budget_bytes)} | {c.decode_tokens_per_s:.0f} |"
+                f"| {name} | {asked} | {c.engine} {c.precision}{where}{slots} | {c.context:,} | {c.kv_cache_dtype} "
+                f"({format_size(c.memory.kv_cache_bytes)}) | {format_size(c.memory.total_bytes)} | "
+                f"{c.decode_tokens_per_s:.1f} | {prefill} | {duration(c.fill_seconds)} |"
             )
 
 

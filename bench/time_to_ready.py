@@ -4,6 +4,7 @@ and how fast a crash after ready is reported by a foreground `up` (target <= 1 s
 one process, medians, so machine noise lands on both sides alike.
 
     python bench/time_to_ready.py [--runs 7] [--models smollm2,qwen3-4b-shape|PATH.gguf,...] [--context N]
+                                  [--engine llamacpp|llama-server]
 
 The target is judged on a model of the size this tool is for (Qwen3-4B: a synthetic GGUF with all its
 dimensions, since the real one cannot be downloaded here); the 135M model shows `up`'s fixed cost
@@ -30,20 +31,20 @@ from bench._report import compile_package, update_section  # noqa: E402
 from tests.synthetic_gguf import full_size_qwen3_4b  # noqa: E402
 
 
-def raw_engine(model: Path, port: int, workdir: Path, context: int | None = None) -> float:
+def raw_engine(model: Path, port: int, workdir: Path, context: int | None = None, engine: str = "llamacpp") -> float:
     """The plan's argv started by hand (Popen), polled by launch.wait_ready: seconds from spawn to ready."""
-    from qwen_deploy import launch
-    from qwen_deploy.engines import llamacpp
+    from qwen_deploy import engines, launch
+    from qwen_deploy.readiness import LogReader, Progress
     from qwen_deploy.hardware.probe import probe
     from qwen_deploy.model.gguf import spec_from_gguf
     from qwen_deploy.planner import Request, plan
 
-    p = plan(spec_from_gguf(model), probe(), Request(port=port, context=context or "auto"))
+    p = plan(spec_from_gguf(model), probe(), Request(port=port, context=context or "auto", engine=engine))
     cand = p.choice
     job = launch.Launch(
-        name="raw", candidate=launch.with_args(cand, str(model), "127.0.0.1", port),
-        env=llamacpp.environment(dict(os.environ), None), host="127.0.0.1",
-        port=port, served_name=cand.engine_args["model_alias"], model_id=p.model.id, timeout_s=300,
+        name="raw", candidate=cand.at(model_path=str(model), host="127.0.0.1", port=port),
+        env=engines.get(cand.engine).environment(dict(os.environ), None), token="",
+        served_name=cand.served_name, model_id=p.model.id, timeout_s=300,
     )  # fmt: skip
     log = workdir / "raw.log"
     log.write_text("")
@@ -53,7 +54,7 @@ def raw_engine(model: Path, port: int, workdir: Path, context: int | None = None
             list(job.argv), stdout=out, stderr=subprocess.STDOUT, env=job.env, start_new_session=True
         )
     try:
-        launch.wait_ready(proc, job, launch.LogReader(log, 0), launch.Progress(quiet=True), time.monotonic())
+        launch.wait_ready(proc, job, LogReader(log, 0), Progress(quiet=True), time.monotonic())
         return time.perf_counter() - start
     finally:
         from qwen_deploy.procs import stop_group
@@ -61,9 +62,9 @@ def raw_engine(model: Path, port: int, workdir: Path, context: int | None = None
         stop_group(proc.pid, proc=proc)
 
 
-def via_up(model: Path, port: int, env: dict[str, str], context: int | None = None) -> float:
+def via_up(model: Path, port: int, env: dict[str, str], context: int | None = None, engine: str = "llamacpp") -> float:
     py = sys.executable
-    args = ["up", "--model-file", str(model), "--port", str(port), "--name", "bench", "--detach"]
+    args = ["up", "--model-file", str(model), "--port", str(port), "--name", "bench", "--detach", "--engine", engine]
     args += ["--context", str(context)] if context else []
     start = time.perf_counter()
     result = subprocess.run(
@@ -79,11 +80,14 @@ def via_up(model: Path, port: int, env: dict[str, str], context: int | None = No
     return took
 
 
-def crash_report_seconds(model: Path, port: int, env: dict[str, str], context: int | None = None) -> float:
+def crash_report_seconds(
+    model: Path, port: int, env: dict[str, str], context: int | None = None, engine: str = "llamacpp"
+) -> float:
     """Foreground up; once ready, SIGKILL the engine; seconds until `up` has printed the log tail and exited.
     The kernel frees the engine's memory before waitpid returns: ~0.5 s for a 17 GiB KV cache."""
     py = sys.executable
-    args = [py, "-m", "qwen_deploy", "up", "--model-file", str(model), "--port", str(port), "--name", "crash"]
+    args = [py, "-m", "qwen_deploy", "up", "--model-file", str(model), "--port", str(port), "--name", "crash",
+            "--engine", engine]  # fmt: skip
     args += ["--context", str(context)] if context else []
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -122,15 +126,15 @@ def resolve(name: str) -> tuple[str, Path]:
 
 
 def measure(
-    model: Path, runs: int, workdir: Path, env: dict[str, str], context: int | None
+    model: Path, runs: int, workdir: Path, env: dict[str, str], context: int | None, engine: str = "llamacpp"
 ) -> tuple[list[float], list[float]]:
     from qwen_deploy.client import free_port
 
-    raw_engine(model, free_port(), workdir, context)  # warm the page cache for both sides
+    raw_engine(model, free_port(), workdir, context, engine)  # warm the page cache for both sides
     raw, up = [], []
     for _ in range(runs):
-        raw.append(raw_engine(model, free_port(), workdir, context))
-        up.append(via_up(model, free_port(), env, context))
+        raw.append(raw_engine(model, free_port(), workdir, context, engine))
+        up.append(via_up(model, free_port(), env, context, engine))
     return raw, up
 
 
@@ -146,6 +150,7 @@ def main() -> None:
     parser.add_argument(
         "--context", type=int, help="the context to ask for (default: the plan's, the longest that fits)"
     )
+    parser.add_argument("--engine", default="llamacpp", choices=["llamacpp", "llama-server"])
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     models = [resolve(name) for name in args.models.split(",") if name]
@@ -155,7 +160,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="qd-ttr-"))
     env = dict(os.environ, QWEN_DEPLOY_STATE_DIR=str(workdir / "state"), HF_HUB_OFFLINE="1")
     lines = [
-        f"{args.runs} interleaved runs per model; ready = a one-token chat completion answered; "
+        f"{args.runs} interleaved runs per model, engine {args.engine}; ready = a one-token chat completion answered; "
         f"context: {args.context or 'the plan’s (the longest that fits)'}; the last model is the target's.",
         "",
         "| model | engine by hand (s), median [min-max] | `up --detach` (s), median [min-max] | up adds (ms) | ratio |",
@@ -163,7 +168,7 @@ def main() -> None:
     ]
     ratios = []
     for label, model in models:
-        raw, up = measure(model, args.runs, workdir, env, args.context)
+        raw, up = measure(model, args.runs, workdir, env, args.context, args.engine)
         ratio = statistics.median(up) / statistics.median(raw)
         ratios.append(ratio)
         added = 1000 * (statistics.median(up) - statistics.median(raw))
@@ -173,7 +178,7 @@ def main() -> None:
         )
         print(lines[-1], file=sys.stderr)
     label, target = models[-1]
-    crashes = [crash_report_seconds(target, free_port(), env, args.context) for _ in range(3)]
+    crashes = [crash_report_seconds(target, free_port(), env, args.context, args.engine) for _ in range(3)]
     lines += [
         "",
         f"up / by hand for {label}: **{ratios[-1]:.3f}** (target <= 1.05): {'met' if ratios[-1] <= 1.05 else 'missed'}",
@@ -183,8 +188,11 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        suffix = f"_context_{args.context}" if args.context else ""
+        suffix = (f"_context_{args.context}" if args.context else "") + (
+            "_llama_server" if args.engine != "llamacpp" else ""
+        )
         command = "python bench/time_to_ready.py" + (f" --context {args.context}" if args.context else "")
+        command += f" --engine {args.engine}" if args.engine != "llamacpp" else ""
         update_section("time_to_ready" + suffix, command, table)
 
 

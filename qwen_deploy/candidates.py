@@ -248,19 +248,19 @@ def decide_context(request: Request, model: ModelSpec, max_context: int, per_tok
     return minimum, False, too_small(minimum, max_context, request, per_token), max(0, int(short))
 
 
-def fill_bounded(request: Request, model: ModelSpec, memory_max: int, rates: Any, step: int) -> tuple[int, str, int]:
-    """(the longest context to plan, a note for the reason, the context target it must reach): with `--context
-    auto`, no longer than what is prefilled within --max-fill-time (never below --min-context), and that
-    bound is then the target (a longer one could not be used); `max` and an exact N are not bounded."""
-    goal = target(request, model)
+def fill_bounded(request: Request, model: ModelSpec, memory_max: int, rates: Any, step: int) -> tuple[int, str]:
+    """(the longest context to plan, a note for the reason): with `--context auto`, no longer than what is
+    prefilled within --max-fill-time (never below --min-context); `max` and an exact N are not bounded.
+    The candidate then competes with that context: among those that do not reach the 32K target, the
+    longest wins, so a GPU's longer context beats a CPU's that could not be filled."""
     if request.context != "auto" or rates is None or memory_max <= 0:
-        return memory_max, "", goal
+        return memory_max, ""
     from qwen_deploy import speed
 
     fillable = speed.longest_fillable(model, rates, request.max_fill_time) // step * step
     floor = min(memory_max, request.min_context or min(DEFAULT_MIN_CONTEXT, model.max_context))
     if fillable >= memory_max:
-        return memory_max, "", goal
+        return memory_max, ""
     bounded = max(fillable, floor)
     if fillable < floor:
         note = f"; even {bounded:,} tokens take longer than {request.max_fill_time:g} s to prefill here"
@@ -269,7 +269,7 @@ def fill_bounded(request: Request, model: ModelSpec, memory_max: int, rates: Any
             f"; {bounded:,} tokens, not the {memory_max:,} that fit: a longer prompt would take more than "
             f"{request.max_fill_time:g} s to prefill (--max-fill-time; --context max for the longest)"
         )
-    return bounded, note, min(goal, bounded)
+    return bounded, note
 
 
 def too_small(wanted: int, max_context: int, request: Request, per_token: int) -> str:

@@ -2,6 +2,8 @@
 
 - state: $QWEN_DEPLOY_STATE_DIR, else $XDG_STATE_HOME/qwen-deploy, else ~/.local/state/qwen-deploy
   (records of what `up` started, the engines' logs, the plans they run, the chat page's project folders).
+- cache: $QWEN_DEPLOY_CACHE_DIR, else $XDG_CACHE_HOME/qwen-deploy, else ~/.cache/qwen-deploy (what was
+  measured on this machine: machine.json; the engines' builds: wheels/, bin/).
 - models: the Hugging Face hub cache (HF_HUB_CACHE, else HF_HOME/hub, else $XDG_CACHE_HOME or ~/.cache
   /huggingface/hub), the same place vLLM, llama.cpp's -hf and other tools read.
 """
@@ -19,6 +21,14 @@ def state_dir() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state"
     return base / "qwen-deploy"
+
+
+def cache_dir() -> Path:
+    override = os.environ.get("QWEN_DEPLOY_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "qwen-deploy"
 
 
 def models_dir() -> Path:

@@ -37,8 +37,15 @@ def _rank_key(c: Candidate, request: Request) -> tuple:
     if request.context == "max":
         head: tuple = (not c.fits, preference, -c.context, device)
     else:
-        # auto / N: candidates that reach the target first; among those that do not, the longest context.
-        head = (not c.fits, preference, not c.meets_target, -c.context if not c.meets_target else 0, device)
+        # auto / N: candidates that reach the target first; among those that do not, the longer context by
+        # powers of two (10K and 13K count alike: a GPU's 10K at 70 tok/s before a CPU's 13K at 4), then exact.
+        head = (
+            not c.fits,
+            preference,
+            not c.meets_target,
+            -c.context.bit_length() if not c.meets_target else 0,
+            device,
+        )
     spilled = _spilled(c)
     if request.prefer == "speed":
         tail: tuple = (-round(c.decode_tokens_per_s, 3), -c.quality)

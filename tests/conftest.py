@@ -13,6 +13,15 @@ from tests.synthetic_gguf import QWEN3_4B_ATTENTION, SyntheticShape, write_synth
 GiB = 1024**3
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _machine_cache(tmp_path_factory):
+    """What probe measures once per machine (memory bandwidth) is kept in a cache shared by the whole session
+    (not the user's): measured by the first test that probes, read by the rest."""
+    import os
+
+    os.environ.setdefault("QWEN_DEPLOY_CACHE_DIR", str(tmp_path_factory.mktemp("qwen-deploy-cache")))
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("QWEN_DEPLOY_STATE_DIR", str(tmp_path / "state"))

@@ -248,3 +248,28 @@ def test_simulate_replaces_parts():
         catalog.simulate(base, gpus=("L4",), no_gpu=True)
     with pytest.raises(UsageError, match="size"):
         catalog.simulate(base, ram="lots")
+
+
+def test_bandwidth_is_measured_once_per_machine_and_kept(tmp_path, monkeypatch):
+    """The first probe measures memory bandwidth and keeps it (machine.json); later probes read it; a file
+    for another machine, or a broken one, is measured again; `probe --measure` always measures."""
+    import json
+
+    from qwen_deploy.hardware import probe as p
+
+    monkeypatch.setenv("QWEN_DEPLOY_CACHE_DIR", str(tmp_path))
+    kept_file = tmp_path / "machine.json"
+    first = p.probe()
+    measured = first.cpu.memory_bandwidth_gbps
+    assert measured and measured > 0
+    assert json.loads(kept_file.read_text()) == {"machine": p._machine_key(first), "memory_bandwidth_gbps": measured}
+    stamp = kept_file.stat().st_mtime_ns
+    assert p.probe().cpu.memory_bandwidth_gbps == measured and kept_file.stat().st_mtime_ns == stamp  # read
+    kept_file.write_text(json.dumps({"machine": "another CPU|1|1|1", "memory_bandwidth_gbps": 99999}))
+    again = p.probe().cpu.memory_bandwidth_gbps
+    assert again != 99999 and json.loads(kept_file.read_text())["machine"] == p._machine_key(first)
+    kept_file.write_text("{not json")
+    assert p.probe().cpu.memory_bandwidth_gbps > 0 and json.loads(kept_file.read_text())["memory_bandwidth_gbps"] > 0
+    stamp = kept_file.stat().st_mtime_ns
+    p.probe(measure=True)
+    assert kept_file.stat().st_mtime_ns != stamp

@@ -109,6 +109,7 @@ def _validate_all(files: dict[str, str], folder: Path, tmp_path: Path, user: boo
             assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.engine  # systemd-analyze (Debian's systemd)
 @pytest.mark.parametrize("user", [False, True])
 def test_gpu_plan_files_pass_the_validators(tmp_path, user):
     p = gpu_plan()
@@ -125,6 +126,7 @@ def test_gpu_plan_files_pass_the_validators(tmp_path, user):
     assert (helm["requestGPU"], helm["vllmConfig"]["maxModelLen"]) == (1, p.choice.context)
 
 
+@pytest.mark.engine  # systemd-analyze (Debian's systemd)
 @pytest.mark.parametrize("user", [False, True])
 def test_cpu_plan_files_pass_the_validators(tmp_path, user):
     files = _files(cpu_plan(), tmp_path, sys.executable, user_unit=user)
@@ -218,6 +220,7 @@ def test_control_characters_are_refused(value):
         yaml_scalar(value)
 
 
+@pytest.mark.engine  # systemd-analyze (Debian's systemd)
 def test_hostile_model_path_and_alias_in_every_file(tmp_path):
     """A model file whose path has a space, quotes, $, %, ; and # and an alias full of YAML specials:
     every file still validates and says exactly those values."""
@@ -328,6 +331,7 @@ def test_render_all_for_a_model_not_here_writes_the_container_files(tmp_path):
     assert "systemd unit skipped" in err and "hf download" in err
 
 
+@pytest.mark.engine  # systemd-analyze (Debian's systemd)
 @pytest.mark.parametrize("which", ["gpu", "cpu"])
 def test_chat_page_service_beside_the_server(tmp_path, which):
     """render --ui: a unit for `qwen-deploy ui` ordered after the server's, and a compose service built from

@@ -393,11 +393,49 @@ def probe_macos() -> Hardware:
 
 
 def probe(measure: bool = False) -> Hardware:
-    """This machine's hardware."""
+    """This machine's hardware, with its memory bandwidth: measured now with `measure`, else the measurement
+    kept for this machine (made once, the first time: about a quarter of a second)."""
     if platform.system() == "Darwin":
         hw = probe_macos()
     else:
         hw = Hardware(cpu=probe_cpu(), memory=probe_memory(), gpus=probe_gpus(), disk=probe_disk())
-    if measure:
-        hw = replace(hw, cpu=replace(hw.cpu, memory_bandwidth_gbps=measure_memory_bandwidth()))
-    return hw
+    bandwidth = measured_bandwidth(hw, again=measure)
+    return replace(hw, cpu=replace(hw.cpu, memory_bandwidth_gbps=bandwidth)) if bandwidth else hw
+
+
+def _machine_key(hw: Hardware) -> str:
+    return f"{hw.cpu.model}|{hw.cpu.physical_cores}|{hw.cpu.logical_cores}|{hw.memory.total_bytes}"
+
+
+def measured_bandwidth(hw: Hardware, again: bool = False) -> float | None:
+    """The memory bandwidth measured on this machine (GB/s), kept in ~/.cache/qwen-deploy/machine.json for the
+    same CPU, cores and RAM; measured and kept when there is none (or `again`). CPU decoding reads the weights
+    once per token, so the speed `plan` predicts rests on it: a typical figure is off by 3x on a small VM.
+    None when it cannot be measured or kept (the planner then uses a typical figure)."""
+    import json
+    import os
+
+    from qwen_deploy.paths import cache_dir
+
+    path = cache_dir() / "machine.json"
+    key = _machine_key(hw)
+    if not again:
+        try:
+            kept = json.loads(path.read_text())
+            value = kept.get("memory_bandwidth_gbps") if kept.get("machine") == key else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.1 <= value <= 100_000:
+                return float(value)
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        value = measure_memory_bandwidth()
+    except (MemoryError, OSError):
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps({"machine": key, "memory_bandwidth_gbps": value}))
+        os.replace(partial, path)
+    except OSError:
+        pass  # a read-only home: measured again next time
+    return value

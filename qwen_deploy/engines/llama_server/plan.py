@@ -21,6 +21,7 @@ from qwen_deploy.candidates import (
     fill_bounded,
     ram_budget,
     served_name,
+    target,
 )
 from qwen_deploy.engines.llama_server import memory as sm
 from qwen_deploy.engines.llamacpp import memory as lm
@@ -120,7 +121,7 @@ def _candidate(engine: str, model: ModelSpec, art: Artifact, hw: Hardware, budge
         return unrunnable(engine, model, art, kv, request, f"cannot run: {exc}")
     rates = speed.cpu_rates(hw, art.precision, kv)
     memory_max = max_slot_context(model, art, repack, budget, slots, kv, settings)
-    max_context, fill_note, goal = fill_bounded(request, model, memory_max, rates, PAD)
+    max_context, fill_note = fill_bounded(request, model, memory_max, rates, PAD)
     per_token = estimate(model, art, repack, budget, max(max_context, PAD), 1, kv, settings).kv_bytes_per_token
     context, fits, reason, shortfall = decide_context(request, model, max_context, per_token * slots)
     limit = max(PAD, (model.max_context // PAD) * PAD)
@@ -185,7 +186,7 @@ def _candidate(engine: str, model: ModelSpec, art: Artifact, hw: Hardware, budge
         host=request.host,
         port=request.port,
         settings=settings,
-        meets_target=fits and context >= goal,
+        meets_target=fits and context >= target(request, model),
         shortfall_bytes=shortfall,
         gpu_layers=f"0/{model.layers + 1}",
     )

@@ -14,6 +14,7 @@ from qwen_deploy.candidates import (
     fill_bounded,
     ram_budget,
     served_name,
+    target,
     wanted_context,
 )
 from qwen_deploy.engines.llamacpp import memory as lm
@@ -154,7 +155,7 @@ def _cpu_candidate(
     limit = max(pad, (model.max_context // pad) * pad)
     memory_max = min(model.max_context, lm.llamacpp_max_context(lambda n: at(n).total_bytes <= budget, limit))
     rates = sp.cpu_rates(hw, art.precision, kv)
-    max_context, fill_note, goal = fill_bounded(request, model, memory_max, rates, pad)
+    max_context, fill_note = fill_bounded(request, model, memory_max, rates, pad)
     est_max = at(max(max_context, pad))
     context, fits, reason, shortfall = decide_context(request, model, max_context, est_max.kv_bytes_per_token)
     est = at(min(context, limit)) if context else est_max
@@ -216,7 +217,7 @@ def _cpu_candidate(
         host=request.host,
         port=request.port,
         settings={**cpu_settings(hw, use_mmap=not repack[1]), "chat_template": model.chat_template},
-        meets_target=fits and context >= goal,
+        meets_target=fits and context >= target(request, model),
         shortfall_bytes=shortfall,
         gpu_layers=f"0/{model.layers + 1}",
     )
