@@ -34,10 +34,10 @@ from tests.synthetic_gguf import full_size_qwen3_4b  # noqa: E402
 def raw_engine(model: Path, port: int, workdir: Path, context: int | None = None, engine: str = "llamacpp") -> float:
     """The plan's argv started by hand (Popen), polled by launch.wait_ready: seconds from spawn to ready."""
     from qwen_deploy import engines, launch
-    from qwen_deploy.readiness import LogReader, Progress
     from qwen_deploy.hardware.probe import probe
     from qwen_deploy.model.gguf import spec_from_gguf
     from qwen_deploy.planner import Request, plan
+    from qwen_deploy.readiness import LogReader, Progress
 
     p = plan(spec_from_gguf(model), probe(), Request(port=port, context=context or "auto", engine=engine))
     cand = p.choice

@@ -1,6 +1,7 @@
 """The command line, driven like a user would: exit codes, JSON, files, one-sentence errors."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -394,3 +395,34 @@ def test_exposure_needs_a_key_or_an_explicit_insecure_flag(small_gguf, tmp_path)
         assert run(*base, "--host", host)[0] in (0, 1), host  # loopback needs no key (1: not an address here)
     code, _, err = run("ui", "--url", "http://127.0.0.1:1", "--host", "0.0.0.0")
     assert code == 2 and "no login" in err
+
+
+@pytest.mark.parametrize("columns", ["80", "200"])
+def test_top_level_help_and_version_print_without_click_and_equal_clicks(columns):
+    """`--help` and `--version` print text Click rendered ahead of time (qwen_deploy/cli/_help.py): it must
+    be exactly what Click prints (rerun scripts/compile-profiles when the command table changes), and the
+    process loads neither Click nor any command module."""
+    code = (
+        "import sys; sys.argv = ['qwen-deploy', sys.argv[1]]\n"
+        "import atexit\n"
+        "atexit.register(lambda: print(sorted(m for m in sys.modules if m == 'click' or "
+        "m.startswith(('qwen_deploy.cli.', 'qwen_deploy.engines', 'qwen_deploy.planner'))), file=sys.stderr))\n"
+        "from qwen_deploy.cli import run\nrun()\n"
+    )
+    env = dict(os.environ, COLUMNS=columns)
+    for flag in ("--help", "--version"):
+        fast = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, env=env)
+        assert fast.returncode == 0
+        assert fast.stderr.strip().splitlines()[-1] == "['qwen_deploy.cli._help']"
+        from click.testing import CliRunner
+
+        from qwen_deploy.cli.group import cli
+
+        clicks = CliRunner().invoke(cli, [flag], prog_name="qwen-deploy", terminal_width=78).output
+        assert fast.stdout == clicks, "stale qwen_deploy/cli/_help.py: run scripts/compile-profiles"
+
+
+def test_narrow_terminals_get_clicks_own_help():
+    narrow = subprocess.run([sys.executable, "-m", "qwen_deploy", "--help"], capture_output=True, text=True,
+                            env=dict(os.environ, COLUMNS="60"))  # fmt: skip
+    assert narrow.returncode == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 60

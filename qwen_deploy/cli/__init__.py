@@ -1,20 +1,15 @@
 """The command line: a Click group whose commands are registered lazily (vLLM's CLI_COMMANDS pattern).
 
-Importing this package loads Click and nothing of the library; `qwen-deploy --help` lists the commands from
-the table below without importing them, and running one imports only its module. Library errors become one
-sentence on stderr and a documented exit code (errors.py): 0 ok · 1 error · 2 usage · 3 nothing fits ·
-4 engine failed · 5 verify failed · 128+N stopped by signal N.
+Importing this package loads neither Click nor the library: `qwen-deploy --help` and `--version` print text
+rendered by Click ahead of time (_help.py, written by scripts/compile-profiles; a test keeps it equal to
+Click's own), any other command loads Click and the group (group.py), and running a command imports only its
+module. Library errors become one sentence on stderr and a documented exit code (errors.py): 0 ok · 1 error
+· 2 usage · 3 nothing fits · 4 engine failed · 5 verify failed · 128+N stopped by signal N.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
-
-import click
-
-from qwen_deploy import __version__
-from qwen_deploy.errors import EXIT_ERROR, EXIT_USAGE, Interrupted, NothingFitsError, QwenDeployError
 
 # name -> (module, function, one-line help): the help is here so that `--help` imports no command.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -34,69 +29,50 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
-    """A group that imports a command's module only when that command runs (or its own help is asked)."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in COMMANDS:
-            return None
-        module, attr, _ = COMMANDS[cmd_name]
-        return getattr(importlib.import_module(module), attr)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, help_text) for name, (_, _, help_text) in COMMANDS.items()]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="qwen-deploy")
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
-    """Plan and serve Qwen3-4B-Instruct-2507 (and other dense GQA models) at the best configuration this
-    machine, or a described one, allows."""
-    ctx.obj = {"debug": debug}
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; library errors become one sentence on stderr and a documented exit code."""
-    args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
+    from qwen_deploy.cli.group import main as run_group
+
+    run_group(argv)
+
+
+def __getattr__(name: str):
+    if name in ("cli", "LazyGroup"):
+        from qwen_deploy.cli import group
+
+        return getattr(group, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _columns() -> int:
+    """The terminal width as Click reads it (shutil.get_terminal_size: $COLUMNS, else stdout's size, else 80),
+    without importing shutil."""
+    import os
+
     try:
-        cli.main(args=args, prog_name="qwen-deploy", standalone_mode=False)
-    except NothingFitsError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(exc.exit_code)
-    except QwenDeployError as exc:
-        if debug:
-            raise
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(EXIT_ERROR)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (BrokenPipeError, KeyboardInterrupt):
-        sys.exit(EXIT_ERROR)
-    except Interrupted as exc:  # a stop signal outside up's own handling
-        sys.exit(128 + exc.signum)
-    except Exception as exc:  # a bug: say so in one line; --debug shows the traceback
-        if debug:
-            raise
-        click.echo(
-            f"Error: qwen-deploy hit a bug ({type(exc).__name__}: {exc}); please report it with the output of "
-            "the same command run with --debug.",
-            err=True,
-        )
-        sys.exit(EXIT_ERROR)
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+def _prerendered(args: list[str]) -> tuple[str, int] | None:
+    """(text, exit code) for the commands whose output Click renders the same every time: the top-level help
+    (at 80 columns or more: Click wraps at min(columns, 80)) and --version; None: let Click run."""
+    if args in (["--version"],):
+        from qwen_deploy.cli._help import VERSION
+
+        return VERSION, 0
+    if args in (["--help"], ["-h"]) and _columns() >= 80:
+        from qwen_deploy.cli._help import HELP
+
+        return HELP, 0
+    return None
 
 
 def run() -> None:
@@ -105,11 +81,19 @@ def run() -> None:
     The interpreter's teardown (freeing every module and object: ~10 ms, about what planning takes) buys a
     one-shot command nothing, so it is skipped: the atexit handlers still run and stdout/stderr are flushed,
     then os._exit. With other threads alive the normal exit runs (it waits for them)."""
+    import contextlib
     import os
 
+    fast = _prerendered(sys.argv[1:])
     try:
-        main()
-        code: object = 0
+        if fast is not None:
+            if sys.stdout is not None:  # None: started with stdout closed
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stdout.write(fast[0])
+            code: object = fast[1]
+        else:
+            main()
+            code = 0
     except SystemExit as exc:
         code = exc.code
     if code is None:
@@ -117,12 +101,11 @@ def run() -> None:
     elif not isinstance(code, int):
         if sys.stderr is not None:
             sys.stderr.write(f"{code}\n")
-        code = EXIT_ERROR
+        code = 1  # errors.EXIT_ERROR
     threading = sys.modules.get("threading")
     if threading is not None and threading.active_count() > 1:
         sys.exit(code)
     import atexit
-    import contextlib
 
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

@@ -11,8 +11,6 @@ The buffer sizes are logged only at verbosity 4 (`-lv 4`), which the stage line 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +59,8 @@ def binary_path() -> str:
     built = cache / BINARY
     if built.is_file():
         return str(built)
+    import shutil  # only here: it brings bz2 and lzma (2 ms of every plan)
+
     return shutil.which("llama-server") or "llama-server"
 
 
@@ -186,6 +186,9 @@ class LlamaServer(Engine):
     def check_installed(self, c: Candidate) -> None:
         """The binary is there and takes every flag the plan passes (`--help` lists it), else a sentence
         naming the flags and the build found."""
+        import shutil
+        import subprocess
+
         argv = self.command(c)
         binary = argv[0]
         if shutil.which(binary) is None and not Path(binary).is_file():

@@ -1,0 +1,7 @@
+"""Written by scripts/compile-profiles: `qwen-deploy --help` (80 columns) and `--version` as Click renders
+them, so that they print without loading Click. tests/test_cli.py fails when they differ from Click."""
+
+# ruff: noqa: E501
+
+HELP = "Usage: qwen-deploy [OPTIONS] COMMAND [ARGS]...\n\n  Plan and serve Qwen3-4B-Instruct-2507 (and other dense GQA models) at the\n  best configuration this machine, or a described one, allows.\n\nOptions:\n  --version   Show the version and exit.\n  --debug     Show tracebacks instead of one-line errors.\n  -h, --help  Show this message and exit.\n\nCommands:\n  probe   Show this machine's GPUs, CPU, RAM (cgroup limits applied) and disk.\n  plan    What fits, ranked, with the memory arithmetic shown.\n  models  List the built-in model profiles.\n  gpus    List the GPU catalog that --gpu NAME takes.\n  up      Start the best candidate; ready means it answered a chat completion.\n  status  Servers started by `up`: state, pid, URL, bind.\n  logs    The engine's log of a server started by `up`.\n  down    Stop a server started by `up` and free its port.\n  wait    Wait until a server answers a real one-token chat completion.\n  render  Write systemd, compose, Kubernetes or Helm files from the plan.\n  bench   Load an endpoint: time to first token, inter-token latency, tok/s.\n  verify  Prove the planned context serves (exit 5 when it does not).\n  ui      A chat page over the endpoint: streamed answers, history within the\n          context.\n"
+VERSION = "qwen-deploy, version 0.1.0\n"
