@@ -216,6 +216,15 @@ class ArgReader:
             raise UsageError(f"{self.where}.{key} must not start with '-' ({values.show(value)} reads as a flag).")
         return value
 
+    def gguf_file(self, key: str, c: Candidate) -> str:
+        """A GGUF model reference: the plan's own, an hf:// one, or a regular file that exists."""
+        ref = self.text(key, c.model_ref)
+        if ref != c.model_ref and not ref.startswith("hf://"):
+            from qwen_deploy.resources import regular_file
+
+            regular_file(ref, f"{self.where}.{key}", max_bytes=None)
+        return ref
+
     def done(self) -> None:
         unknown = sorted(str(k) for k in set(self.args) - self.seen)
         if unknown:

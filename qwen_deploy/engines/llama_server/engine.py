@@ -26,8 +26,10 @@ from qwen_deploy.model.types import ModelSpec
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
 BINARY = f"llama-server-b{versions.LLAMA_SERVER_BUILD}"  # what scripts/install-llamacpp --server caches
-# The official image at the same build: the rendered files run what `up` runs.
+# The official images at the same build (the project's tag list: server-bN, server-cuda-bN): the rendered
+# files run what `up` runs.
 IMAGE = f"ghcr.io/ggml-org/llama.cpp:server-b{versions.LLAMA_SERVER_BUILD}"
+CUDA_IMAGE = f"ghcr.io/ggml-org/llama.cpp:server-cuda-b{versions.LLAMA_SERVER_BUILD}"
 CONTAINER_PORT = 8080  # llama-server's default port and the image's HEALTHCHECK
 UID = 1000  # the image has no USER; any non-root uid runs /app/llama-server
 # Variables llama-server (or its OpenMP runtime) reads: LLAMA_ARG_* for every option, LLAMA_API_KEY,
@@ -114,7 +116,7 @@ class LlamaServer(Engine):
             "cache-type-k": c.kv_cache_dtype,
             "cache-type-v": c.kv_cache_dtype,
             "cache-ram": s["cache_ram_mib"],
-            "n-gpu-layers": 0,
+            "n-gpu-layers": s.get("n_gpu_layers", 0),
             "load-mode": "auto" if s["use_mmap"] else "none",
             "fit": "off",
             "verbosity": 4,
@@ -132,11 +134,7 @@ class LlamaServer(Engine):
     def apply_args(self, c: Candidate, args: dict[str, Any], where: str, model: ModelSpec) -> Candidate:
         r = ArgReader(args, where)
         s = c.settings
-        model_ref = r.text("model", c.model_ref)
-        if model_ref != c.model_ref and not model_ref.startswith("hf://"):
-            from qwen_deploy.resources import regular_file
-
-            regular_file(model_ref, f"{where}: choice.engine_args.model", max_bytes=None)
+        model_ref = r.gguf_file("model", c)
         slots = r.integer("parallel", s["parallel"], 1, 256)
         total = r.integer("ctx-size", slots * c.context, LLAMACPP_CTX_PAD, slots * model.max_context)
         if total % slots:
@@ -230,9 +228,12 @@ def flags(args: dict[str, Any]) -> list[str]:
     return out
 
 
-def container_for(c: Candidate, model_file: str | None) -> Container:
+def container_for(
+    c: Candidate, model_file: str | None, image: str = IMAGE, gpus: int = 0, memory_bytes: int | None = None
+) -> Container:
     """llama-server in the official image at the same build: the plan's own flags, the model from a mounted
-    file or downloaded from its Hugging Face repo into the mounted cache (-hf writes to $LLAMA_CACHE)."""
+    file or downloaded from its Hugging Face repo into the mounted cache (-hf writes to $LLAMA_CACHE).
+    memory_bytes: the RAM to ask for (default: the plan's total; a GPU plan asks for its host share)."""
     import math
 
     args = dict(ENGINE.engine_args(c), host="0.0.0.0", port=CONTAINER_PORT)
@@ -243,13 +244,14 @@ def container_for(c: Candidate, model_file: str | None) -> Container:
         del args["model"]
         args = {"hf-repo": c.artifact.repo, "hf-file": str(c.artifact.file), **args}
         env["LLAMA_CACHE"] = "/models/hub"
-    total = c.memory.total_bytes
+    total = c.memory.total_bytes if memory_bytes is None else memory_bytes
     return Container(
-        image=IMAGE,
+        image=image,
         args=flags(args),
         port=CONTAINER_PORT,
         uid=UID,
         key_var=ENGINE.api_key_env,
+        gpus=gpus,
         env=env,
         health_path="/health",
         read_only_root=True,

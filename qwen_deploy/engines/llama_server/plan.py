@@ -25,7 +25,7 @@ from qwen_deploy.candidates import (
 )
 from qwen_deploy.engines.llama_server import memory as sm
 from qwen_deploy.engines.llamacpp import memory as lm
-from qwen_deploy.engines.llamacpp.plan import cpu_settings, tensors_of, unrunnable
+from qwen_deploy.engines.llamacpp.plan import cpu_settings, geometry, tensors_of, unrunnable
 from qwen_deploy.hardware.types import Hardware
 from qwen_deploy.memory import DeviceMemory, MemoryEstimate
 from qwen_deploy.model.types import Artifact, ModelSpec
@@ -44,21 +44,11 @@ def estimate(model: ModelSpec, art: Artifact, repack: tuple[int, int], budget: i
     """llama-server's RAM with `slots` slots of `context` tokens each (--ctx-size slots × context)."""
     source, repacked = repack
     return sm.llama_server_memory(
-        layers=model.layers,
-        swa_layers=len(model.sliding_window_layers),
-        kv_heads=model.kv_heads,
-        head_dim=model.head_dim,
-        value_head_dim=model.value_head_dim,
-        n_head=model.attention_heads,
-        n_embd=model.hidden_size,
-        n_ff=model.intermediate_size,
-        n_vocab=model.vocab_size,
+        **geometry(model),
         weights_bytes=art.weights_bytes,
         repacked_bytes=repacked,
         repacked_source_bytes=source,
         budget_bytes=budget,
-        n_swa=model.sliding_window,
-        tokenizer_merges=model.tokenizer_merges,
         config=sm.ServerConfig(
             n_ctx=slots * lm.pad_context(context),
             n_parallel=slots,
@@ -216,19 +206,9 @@ def from_llamacpp(c: Candidate, model: ModelSpec) -> Candidate:
         cache_ram_mib=0,
     )
     est = sm.llama_server_memory(
-        layers=model.layers,
-        swa_layers=len(model.sliding_window_layers),
-        kv_heads=model.kv_heads,
-        head_dim=model.head_dim,
-        value_head_dim=model.value_head_dim,
-        n_head=model.attention_heads,
-        n_embd=model.hidden_size,
-        n_ff=model.intermediate_size,
-        n_vocab=model.vocab_size,
+        **geometry(model),
         weights_bytes=c.memory.weights_bytes,  # already the loaded buffers (repacked, mmap or not)
         budget_bytes=c.memory.budget_bytes,
-        n_swa=model.sliding_window,
-        tokenizer_merges=model.tokenizer_merges,
         config=config,
     )
     return replace(c, engine="llama-server", settings=settings, memory=est, parallel=1, concurrency=1.0)

@@ -16,7 +16,7 @@ from typing import Any
 
 from qwen_deploy.candidates import Candidate, Request
 from qwen_deploy.engines.base import ArgReader, Container, Engine
-from qwen_deploy.engines.llamacpp import logs, plan, server_flags
+from qwen_deploy.engines.llamacpp import logs, plan
 from qwen_deploy.engines.llamacpp.memory import LLAMACPP_CTX_PAD
 from qwen_deploy.errors import QwenDeployError, UsageError
 from qwen_deploy.hardware.types import Hardware
@@ -140,11 +140,7 @@ class LlamaCppPython(Engine):
     def apply_args(self, c: Candidate, args: dict[str, Any], where: str, model: ModelSpec) -> Candidate:
         r = ArgReader(args, where)
         s = c.settings
-        model_ref = r.text("model", c.model_ref)
-        if model_ref != c.model_ref and not model_ref.startswith("hf://"):
-            from qwen_deploy.resources import regular_file
-
-            regular_file(model_ref, f"{where}: choice.engine_args.model", max_bytes=None)
+        model_ref = r.gguf_file("model", c)
         kv_ids = {v: k for k, v in GGML_TYPE_IDS.items() if k in KV_TYPES}
         type_k = r.choice("type_k", c.kv_cache_dtype, kv_ids)
         type_v = r.choice("type_v", c.kv_cache_dtype, kv_ids)
@@ -228,12 +224,19 @@ class LlamaCppPython(Engine):
                 "containers on macOS cannot reach the Metal GPU (Docker runs them in a Linux VM): run this plan "
                 "with `qwen-deploy up` on the Mac itself, or plan for an NVIDIA GPU with --gpu NAME."
             )
-        if c.device == "cpu" and model is not None:
-            from qwen_deploy.engines.llama_server.engine import container_for
-            from qwen_deploy.engines.llama_server.plan import from_llamacpp
+        from qwen_deploy.engines.llama_server.engine import CUDA_IMAGE, container_for
+        from qwen_deploy.engines.llama_server.plan import from_llamacpp
 
+        if c.device == "cpu":
+            if model is None:
+                raise UsageError("a llama.cpp container is sized from the plan's model; render it from a plan.")
             return container_for(from_llamacpp(c, model), model_file)
-        return server_flags.container(c, model_file)
+        # a GPU plan: the CUDA image with the plan's layers; RAM for the host's share of the model
+        served = replace(c, engine="llama-server", parallel=1,
+                         settings={**c.settings, "parallel": 1, "kv_unified": False, "cache_ram_mib": 0})  # fmt: skip
+        host = next((d for d in c.memory.devices if d.name == "CPU"), None)
+        return container_for(served, model_file, image=CUDA_IMAGE, gpus=1,
+                             memory_bytes=host.total_bytes if host else c.memory.total_bytes)  # fmt: skip
 
     def unit_settings(self, c: Candidate, user_unit: bool) -> dict[str, Any]:
         if any(d.name.startswith("MTL") for d in c.memory.devices):

@@ -216,8 +216,11 @@ def llamacpp_max_context(fits, limit: int, minimum: int = LLAMACPP_CTX_PAD) -> i
 
 # ----------------------------------------------------------------------------- llama.cpp repacked weights
 
-# Bytes per block and elements per block of the ggml weight types the CPU extra buffers handle.
-_GGML_WEIGHT_BLOCKS = {
+# (bytes per block, elements per block) of the ggml types -- ggml/src/ggml-common.h block_* structs.
+GGML_BLOCKS: dict[str, tuple[int, int]] = {
+    "F32": (4, 1),
+    "F16": (2, 1),
+    "BF16": (2, 1),
     "Q4_0": (18, 32),
     "Q4_1": (20, 32),
     "Q5_0": (22, 32),
@@ -228,11 +231,8 @@ _GGML_WEIGHT_BLOCKS = {
     "Q4_K": (144, 256),
     "Q5_K": (176, 256),
     "Q6_K": (210, 256),
-    "IQ4_XS": (136, 256),
     "IQ4_NL": (18, 32),
-    "F16": (2, 1),
-    "BF16": (2, 1),
-    "F32": (4, 1),
+    "IQ4_XS": (136, 256),
 }
 
 # AMX (ggml-cpu/amx/common.h qtype_has_amx_kernels, amx.cpp supports_op): these types, plus F16 copied
@@ -243,7 +243,7 @@ _AMX_ALIGN = {"Q4_0": 32, "Q4_1": 32, "Q8_0": 32, "Q4_K": 256, "Q5_K": 256, "Q6_
 def _amx_bytes(type_name: str, ne0: int, ne1: int) -> int:
     """ggml_backend_amx_get_alloc_size: N rows of get_row_size<type>(K) (VNNI packing adds per-block
     compensation for q8_0, 4 B per block for q4_K/q5_K, 2 B for iq4_xs); F16 is copied as is."""
-    block_bytes, block = _GGML_WEIGHT_BLOCKS[type_name]
+    block_bytes, block = GGML_BLOCKS[type_name]
     if type_name == "F16":
         return ne0 * ne1 * 2
     kb = ne0 // block
@@ -295,7 +295,7 @@ def llamacpp_repack(
     amx = amx and "amx_int8" in flags
     source = total = 0
     for name, type_name, ne0, ne1, nbytes in tensors:
-        if ne1 <= 1 or type_name not in _GGML_WEIGHT_BLOCKS:
+        if ne1 <= 1 or type_name not in GGML_BLOCKS:
             continue
         if name == "token_embd.weight" and "output.weight" in names:
             continue  # only read by GET_ROWS, which stays on the plain CPU buffer
@@ -349,7 +349,7 @@ def estimate_gguf_tensors(
             (p + "ffn_up.weight", hidden, intermediate),
             (p + "ffn_down.weight", intermediate, hidden),
         ]
-    block_bytes, block = _GGML_WEIGHT_BLOCKS[type_name]
+    block_bytes, block = GGML_BLOCKS[type_name]
     raw = [(n, ne0, ne1, ne0 * ne1 * block_bytes // block) for n, ne0, ne1 in shapes]
     scale = file_bytes / max(1, sum(r[3] for r in raw))
     return tuple((n, type_name, ne0, ne1, int(b * scale)) for n, ne0, ne1, b in raw)

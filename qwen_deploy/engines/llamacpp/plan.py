@@ -46,6 +46,23 @@ def tensors_of(model: ModelSpec, art: Artifact) -> tuple[tuple[str, str, int, in
     )
 
 
+def geometry(model: ModelSpec) -> dict[str, Any]:
+    """The model's shape in the keywords llama.cpp's memory functions take (memory.py, llama_server/memory.py)."""
+    return {
+        "layers": model.layers,
+        "swa_layers": len(model.sliding_window_layers),
+        "kv_heads": model.kv_heads,
+        "head_dim": model.head_dim,
+        "value_head_dim": model.value_head_dim,
+        "n_head": model.attention_heads,
+        "n_embd": model.hidden_size,
+        "n_ff": model.intermediate_size,
+        "n_vocab": model.vocab_size,
+        "n_swa": model.sliding_window,
+        "tokenizer_merges": model.tokenizer_merges,
+    }
+
+
 def estimate(
     model: ModelSpec,
     weights_bytes: int,
@@ -59,21 +76,11 @@ def estimate(
     weights)."""
     source, repacked = repack
     return lm.llamacpp_memory(
-        layers=model.layers,
-        swa_layers=len(model.sliding_window_layers),
-        kv_heads=model.kv_heads,
-        head_dim=model.head_dim,
-        value_head_dim=model.value_head_dim,
-        n_head=model.attention_heads,
-        n_embd=model.hidden_size,
-        n_ff=model.intermediate_size,
-        n_vocab=model.vocab_size,
+        **geometry(model),
         weights_bytes=weights_bytes,
         repacked_bytes=repacked,
         repacked_source_bytes=source,
         budget_bytes=budget,
-        n_swa=model.sliding_window,
-        tokenizer_merges=model.tokenizer_merges,
         config=lm.LlamacppConfig(n_ctx=n_ctx, type_k=kv, type_v=kv, flash_attn=flash_attn, use_mmap=not repacked),
     )
 

@@ -11,28 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from qwen_deploy.engines.llamacpp.memory import GGML_BLOCKS
+
 Tensor = tuple[str, str, int, int, int]  # (name, ggml type, ne0, ne1, nbytes) as memory.estimate_gguf_tensors
 
 # ----------------------------------------------------------------------------- ggml types
 
-# (bytes per block, elements per block) -- ggml/src/ggml-common.h block_* structs.
-GGML_BLOCKS: dict[str, tuple[int, int]] = {
-    "F32": (4, 1),
-    "F16": (2, 1),
-    "BF16": (2, 1),
-    "Q4_0": (18, 32),
-    "Q4_1": (20, 32),
-    "Q5_0": (22, 32),
-    "Q5_1": (24, 32),
-    "Q8_0": (34, 32),
-    "Q2_K": (84, 256),
-    "Q3_K": (110, 256),
-    "Q4_K": (144, 256),
-    "Q5_K": (176, 256),
-    "Q6_K": (210, 256),
-    "IQ4_NL": (18, 32),
-    "IQ4_XS": (136, 256),
-}
 
 # KV cache types accepted by --type_k/--type_v (names as llama.cpp prints them, lower case).
 KV_TYPES = {
