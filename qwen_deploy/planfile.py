@@ -77,7 +77,7 @@ def _request(data: Any, where: str):
         values.text(entry.get("version"), f"{w}.engine_versions.{engine}.version", 32)
         values.text(entry.get("source", "given"), f"{w}.engine_versions.{engine}.source", 64)
     kwargs["engine_versions"] = {str(k): dict(v) for k, v in versions.items()}
-    values.text(kwargs.get("host", "127.0.0.1"), f"{w}.host", 253)
+    values.host(kwargs.get("host", "127.0.0.1"), f"{w}.host")
     values.integer(kwargs.get("port", 8000), f"{w}.port", 1, 65535)
     return Request(**kwargs)
 

@@ -25,14 +25,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from qwen_deploy import values
 from qwen_deploy.client import describe_bind, url_for
-from qwen_deploy.errors import QwenDeployError, UsageError
+from qwen_deploy.errors import QwenDeployError
 from qwen_deploy.paths import state_dir
 from qwen_deploy.procs import Owned
 from qwen_deploy.resources import write_atomic
 
 STATE_SCHEMA = "qwen-deploy/state/v2"
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+NAME_RE = values.SERVER_NAME
 PID_MAX = 1 << 22  # the kernel's limit (pid_max is at most 2^22)
 MAX_RECORD_BYTES = 1024**2
 STATES = ("starting", "ready", "stopping")
@@ -40,13 +41,7 @@ MODES = ("foreground", "detached")
 
 
 def check_name(name: str) -> str:
-    """Server names become file names and unit names: lower-case letters, digits, '.', '_', '-'."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise UsageError(
-            f"--name {name!r} is not a valid server name: use 1-63 lower-case letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit."
-        )
-    return name
+    return values.server_name(name)
 
 
 def default_name(served_name: str) -> str:

@@ -62,6 +62,45 @@ def text(value: Any, where: str, max_len: int = 4096, allow_empty: bool = False)
     return value
 
 
+SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def server_name(value: Any, where: str = "--name") -> str:
+    """Server names become file names and unit names: lower-case letters, digits, '.', '_', '-'."""
+    if not isinstance(value, str) or not SERVER_NAME.match(value):
+        raise UsageError(
+            f"{where} {show(value)} is not a valid server name: use 1-63 lower-case letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit."
+        )
+    return value
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def host(value: Any, where: str = "--host") -> str:
+    """An address to listen on: an IPv4 or IPv6 address (IPv6 without brackets: '::1', '::'), or a host name
+    of dot-separated labels (letters, digits, inner '-'). Nothing else reaches a command line or a file."""
+    import ipaddress
+
+    name = text(value, where, 253)
+    for address, bracketed in ((name, False), (name[1:-1], name[:1] + name[-1:] == "[]")):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            continue
+        if bracketed:
+            raise UsageError(f"{where} {show(name)}: write an IPv6 address without brackets, such as ::1 or ::.")
+        return name
+    labels = name.split(".")
+    if ":" in name or not all(_HOST_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        raise UsageError(
+            f"{where} {show(name)} is not an IP address (such as 127.0.0.1, 0.0.0.0 or ::1) or a host name "
+            "(letters, digits and inner '-', in labels joined by '.')."
+        )
+    return name
+
+
 def int_text(raw: str, where: str, lo: int = 0, hi: int = MAX_COUNT) -> int:
     """A whole number written in ASCII digits (an option's value), in [lo, hi]."""
     stripped = str(raw).strip()

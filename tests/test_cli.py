@@ -229,6 +229,7 @@ def test_plan_json_loads_no_numpy_rich_or_engines(hw_file):
     assert result.stderr.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.engine
 def test_up_spawns_the_engine_before_loading_the_http_client(small_gguf):
     """`up`'s time to ready is Python start-up + what it imports before the spawn + the engine's own start;
     the HTTP client (urllib.request with http.client, email, ssl: ~12 ms), hashing and rich are loaded after

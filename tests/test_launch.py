@@ -101,6 +101,17 @@ def test_status_logs_down_with_nothing_running():
     assert code == 2 and "there are no logs yet" in err
 
 
+@pytest.mark.parametrize("name", ["-x", "..", "/etc/passwd", "Bad", "a b"])
+@pytest.mark.parametrize("command", [["down"], ["logs"], ["wait", "--name"], ["bench", "--name"], ["verify", "--name"]])
+def test_a_malformed_server_name_is_a_usage_error_with_nothing_running(command, name):
+    """A name no server can have is the caller's mistake (exit 2), not "no such server" (exit 1); before, bench
+    checked it only against running servers' records, so with none running it said exit 1."""
+    if command[-1] != "--name" and name.startswith("-"):
+        pytest.skip("a NAME argument starting with '-' is an unknown option (also exit 2)")
+    code, _, err = run(*command, name)
+    assert code == 2 and "is not a valid server name" in err, (code, err)
+
+
 def test_expected_load_time_grows_with_weights():
     cpu = plan(QWEN, make_hardware(ram_gib=32), Request(engine="llamacpp", precision="q4_k_m")).choice
     # 2,497,281,120 B / 200 MB/s = 12.5 s + 30 s start-up

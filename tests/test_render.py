@@ -263,10 +263,25 @@ def test_hostile_names_are_refused(name):
     assert code == 2 and ("is not a valid server name" in err or "contains a line break" in err)
 
 
-@pytest.mark.parametrize("host", ["a\nb", "x;y", "0.0.0.0 --api-key x", "$(id)"])
+@pytest.mark.parametrize(
+    "host", ["a\nb", "x;y", "0.0.0.0 --api-key x", "$(id)", "[", "]", "a:b", "..", "-x", "x-", "1.2.3", "999.1.1.1"]
+)
 def test_hostile_hosts_are_refused(host):
     code, _, err = run("render", "compose", "--gpu", "RTX 4090", "--ram", "64GiB", "--host", host)
-    assert code == 2 and ("is not a host name or IP address" in err or "contains a line break" in err)
+    assert code == 2 and ("is not an IP address" in err or "contains a line break" in err), err
+
+
+def test_bracketed_ipv6_is_refused_with_the_form_to_use():
+    code, _, err = run("render", "compose", "--gpu", "RTX 4090", "--ram", "64GiB", "--host", "[::1]")
+    assert code == 2 and "without brackets" in err
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "::", "0.0.0.0", "localhost", "gpu-box.lan", "fe80::1"])
+def test_addresses_and_host_names_are_taken(host):
+    code, out, err = run(
+        "render", "compose", "--gpu", "RTX 4090", "--ram", "64GiB", "--host", host, "--insecure-no-api-key"
+    )
+    assert code == 0, err
 
 
 def test_hostile_repo_in_a_plan_file_is_refused(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from qwen_deploy.cli.options import Number, Text, print_json
+from qwen_deploy.cli.options import Number, ServerName, Text, print_json
 from qwen_deploy.errors import QwenDeployError, UsageError
 
 
@@ -54,7 +54,7 @@ def status(json_: bool) -> None:
 
 
 @click.command()
-@click.argument("name", required=False, type=Text(63))
+@click.argument("name", required=False, type=ServerName())
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the server stops.")
 @click.option("-n", "--lines", type=click.IntRange(0, 1_000_000), default=50, show_default=True, help="Lines to show.")
 def logs(name: str | None, follow: bool, lines: int) -> None:
@@ -106,7 +106,7 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
 
 
 @click.command()
-@click.argument("name", required=False, type=Text(63))
+@click.argument("name", required=False, type=ServerName())
 @click.option("--all", "all_", is_flag=True, help="Stop every server started by `up`.")
 @click.option("--timeout", type=Number(0, 3600), default=15.0, show_default=True, help="Seconds before SIGKILL.")
 def down(name: str | None, all_: bool, timeout: float) -> None:
@@ -139,7 +139,7 @@ def down(name: str | None, all_: bool, timeout: float) -> None:
 
 
 @click.command()
-@click.option("--name", type=Text(63), help="A server started by `up` (its URL, model and API key file).")
+@click.option("--name", type=ServerName(), help="A server started by `up` (its URL, model and API key file).")
 @click.option("--url", type=Text(2048), help="Any OpenAI-compatible server: http://HOST:PORT.")
 @click.option("--model", "served_name", type=Text(256), help="The served model name to expect (default: the first).")
 @click.option(

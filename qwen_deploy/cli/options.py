@@ -13,8 +13,6 @@ import click
 from qwen_deploy import values
 from qwen_deploy.errors import NothingFitsError, UsageError
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9.:\-\[\]]{1,253}$")
-
 
 class Integer(click.ParamType):
     """A whole number in ASCII digits, in [lo, hi] (Click's INT also takes '٣', '+3' and ' 3 ')."""
@@ -65,6 +63,20 @@ class Text(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class ServerName(click.ParamType):
+    """A server's name (values.server_name): checked as the command line is read, so a bad one is a usage error
+    (exit 2) whether or not any server is running."""
+
+    name = "name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        where = "NAME" if isinstance(param, click.Argument) else _flag(param)
+        try:
+            return values.server_name(values.text(value, where, 63), where)
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def _flag(param: click.Parameter | None) -> str:
     return ("--" + param.name.replace("_", "-")) if param is not None and param.name else "the value"
 
@@ -98,8 +110,7 @@ def gpu_layers_value(text: str) -> int | str:
 
 
 def check_host_port(host: str, port: int) -> None:
-    if not _HOST_RE.match(host):
-        raise UsageError(f"--host {values.show(host)} is not a host name or IP address.")
+    values.host(host)
     if not 1 <= port <= 65535:
         raise UsageError(f"--port {port} is outside 1-65535.")
 
@@ -112,7 +123,8 @@ def port_value(text: str | int, host: str = "127.0.0.1") -> int:
         from qwen_deploy.client import free_port
 
         try:
-            return free_port(host if _HOST_RE.match(host) else "127.0.0.1")
+            values.host(host)
+            return free_port(host)
         except OSError:
             raise UsageError(f"--host {host} is not an address of this machine (no free port found there).") from None
     return values.int_text(text, "--port", 1, 65535)
@@ -419,7 +431,9 @@ def plan_for_up(ctx: click.Context, plan_file: str | None, model_file: str | Non
 def endpoint_options(func):
     """--name / --url / --model / --api-key-file: which server bench, verify and ui talk to."""
     options = [
-        click.option("--name", type=Text(63), help="A server started by `up` (its URL, model, key, context and plan)."),
+        click.option(
+            "--name", type=ServerName(), help="A server started by `up` (its URL, model, key, context and plan)."
+        ),
         click.option("--url", type=Text(2048), help="Any OpenAI-compatible server: http://HOST:PORT."),
         click.option(
             "--model", type=Text(256), help="The model to ask for (default: the served one / the first listed)."

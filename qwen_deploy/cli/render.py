@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from qwen_deploy.cli.options import Integer, Text, plan_for_up, plan_options, require_choice
+from qwen_deploy.cli.options import Integer, ServerName, Text, plan_for_up, plan_options, require_choice
 
 
 @click.command()
@@ -15,7 +15,7 @@ from qwen_deploy.cli.options import Integer, Text, plan_for_up, plan_options, re
 @plan_options
 @click.option("--model-file", type=Text(), metavar="PATH", help="A local GGUF file / model folder the files use.")
 @click.option("-o", "--output", "output_dir", type=Text(), metavar="DIR", help="Write the files into DIR.")
-@click.option("--name", type=Text(63), help="Service name (default: the model's name).")
+@click.option("--name", type=ServerName(), help="Service name (default: the model's name).")
 @click.option("--replicas", type=Integer(1, 1000), help="Kubernetes / Helm replicas (default: the plan's).")
 @click.option("--user", "user_unit", is_flag=True, help="A systemd user unit (systemctl --user).")
 @click.option("--ui", "with_ui", is_flag=True, help="Also the chat page (`qwen-deploy ui`) as a service beside it.")

@@ -11,6 +11,7 @@ import click
 from qwen_deploy.cli.options import (
     Integer,
     Number,
+    ServerName,
     Text,
     check_exposure,
     plan_for_up,
@@ -27,7 +28,7 @@ from qwen_deploy.errors import UsageError
 @click.option("--model-file", type=Text(), metavar="PATH", help="Use this local GGUF file / model folder.")
 @click.option("--api-key-file", type=Text(), metavar="FILE", help="Require this API key (one line); given via env.")
 @click.option("--insecure-no-api-key", is_flag=True, help="Allow a non-loopback --host without an API key.")
-@click.option("--name", type=Text(63), help="Name of this server (default: the model's name).")
+@click.option("--name", type=ServerName(), help="Name of this server (default: the model's name).")
 @click.option("--detach", is_flag=True, help="Return once the server is ready and leave it running.")
 @click.option("--timeout", type=Number(0, 10**7, lo_open=True), metavar="SECONDS", help="Give up if not ready by then.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the exact command; start nothing.")
