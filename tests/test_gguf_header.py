@@ -8,6 +8,7 @@ import pytest
 from tests.test_cli import run
 
 
+@pytest.mark.slow
 def test_header_reader_agrees_with_gguf_package(synthetic_gguf, gemma3):
     """Every tensor's name, type, shape and byte size, and the scalar fields, as the gguf package reads them."""
     import gguf

@@ -22,6 +22,8 @@ from qwen_deploy.model.profiles import load_profile
 from qwen_deploy.units import parse_size
 from tests.conftest import make_hardware
 
+pytestmark = pytest.mark.slow  # 1,000 generated inputs per loader: about 30 s
+
 # The same 1,000 inputs each run (derandomized: a CI run is reproducible); QD_EXPLORE=1 draws new ones each run
 # (how the suite is used to hunt for bugs: `QD_EXPLORE=1 pytest tests/test_properties.py`).
 EXAMPLES = settings(
