@@ -4,8 +4,11 @@ compute floor), from the model's FLOPs and bytes per token against the machine's
     prefill of n tokens  = 2·P·n / R_matmul + 2·L·H·D·n² / R_attention          (seconds)
         P = the repeating layers' matrix parameters (q, k, v, o, gate, up, down); the causal attention
         multiplies n²/2 query-key pairs by 4·H·D FLOPs (QKᵀ and softmax·V) in every layer.
-    decode at depth d    = max(bytes(d) / bandwidth, flops(d) / R_decode)          (seconds per token)
-        bytes(d) = the weights read once per token + d tokens of KV; flops(d) = 2·(P + lm_head) + 4·L·H·D·d.
+    decode at depth d    = max(W / B, 2·(P + lm_head) / R_decode)                  (seconds per token)
+                           + KV(d) / B + 2·L·H·(D + Dv)·d / R_decode_attention
+        the weights W read once per token (or the mat-vec products computed, where that is slower), then the
+        d tokens of KV read and attended to; B is the bandwidth decoding reaches (the measured figure ×
+        DECODE_BANDWIDTH_EFFICIENCY).
 
 R_* are FLOP/s for the weights' quantization type on the planned threads (cores × a per-core rate read
 from our runs of llama.cpp's AVX2 build: CPU_RATES below, bench/speed_cpu.py holds them against measured
@@ -46,7 +49,12 @@ class Rates:
     matmul_flops_per_s: float
     attention_flops_per_s: float
     decode_flops_per_s: float
-    bandwidth_bytes_per_s: float
+    bandwidth_bytes_per_s: float  # what decoding reaches, not the probe's figure
+    decode_attention_flops_per_s: float | None = None  # one query over the cache; None: attention_flops_per_s
+
+    @property
+    def decode_attention(self) -> float:
+        return self.decode_attention_flops_per_s or self.attention_flops_per_s
 
 
 def cpu_rates(hw: Hardware, precision: str, kv: str) -> Rates:
@@ -97,12 +105,16 @@ def longest_fillable(model: ModelSpec, rates: Rates, seconds: float) -> int:
 
 
 def decode_tokens_per_s(model: ModelSpec, art: Artifact, kv: str, rates: Rates, depth: int) -> float:
-    """Single-stream decode at `depth` tokens of context: the slower of reading the weights and the KV once
-    and computing the token."""
+    """Single-stream decode at `depth` tokens of context: the weights read once (or their mat-vec products
+    computed, where that is slower), then the KV of `depth` tokens read and attended to."""
     per_token = kv_bytes_per_token(
         model.layers, model.kv_heads, model.head_dim, kv, value_head_dim=model.value_head_dim
     )
-    read = art.weights_bytes + per_token * depth
     lm_head = model.vocab_size * model.hidden_size
-    flops = 2 * (layer_matrix_params(model) + lm_head) + _attention_flops_per_pair(model) * depth
-    return 1.0 / max(read / rates.bandwidth_bytes_per_s, flops / rates.decode_flops_per_s)
+    weights = max(
+        art.weights_bytes / rates.bandwidth_bytes_per_s,
+        2 * (layer_matrix_params(model) + lm_head) / rates.decode_flops_per_s,
+    )
+    cache = per_token * depth / rates.bandwidth_bytes_per_s
+    attention = _attention_flops_per_pair(model) * depth / rates.decode_attention
+    return 1.0 / (weights + cache + attention)

@@ -45,18 +45,20 @@ def test_longest_fillable_inverts_the_prefill_time(seconds):
     assert speed.prefill_seconds(QWEN, r, n) <= seconds < speed.prefill_seconds(QWEN, r, n + 1)
 
 
-def test_decode_is_the_slower_of_reading_and_computing():
-    """Q4_K_M weights 2,497,281,120 B (the profile) + 4096 × 147,456 B of f16 KV = 3,101,260,896 B per token:
-    at 20 GB/s, 0.155 s. FLOPs: 2 × (3,633,315,840 + 151,936 × 2560 lm_head) + 589,824 × 4096 = 10,460,463,104:
-    at 40 GFLOP/s 0.2616 s, so compute bounds it (3.82 tok/s); at 400 GFLOP/s reading does (6.45 tok/s)."""
+def test_decode_reads_the_weights_then_the_cache_and_attends():
+    """Q4_K_M weights 2,497,281,120 B (the profile) at 20 GB/s: 0.124864 s; their mat-vec FLOPs
+    2 × (3,633,315,840 + 151,936 × 2560 lm_head) = 8,044,544,000: at 40 GFLOP/s 0.201114 s, slower, so that
+    term is 0.201114 s (at 400 GFLOP/s 0.020111 s, and reading, 0.124864 s, is). Then 4096 tokens of f16 KV,
+    4096 × 147,456 = 603,979,776 B at 20 GB/s: 0.030199 s; attention 589,824 × 4096 = 2,415,919,104 FLOPs at
+    50 GFLOP/s (the attention rate, no decode-attention rate given): 0.048318 s; at 25 GFLOP/s 0.096637 s.
+    So 1 / (0.201114 + 0.030199 + 0.048318) = 3.5762 tok/s; 1 / (0.124864 + 0.030199 + 0.048318) = 4.9169;
+    1 / (0.124864 + 0.030199 + 0.096637) = 3.9730."""
     art = QWEN.artifact("gguf", "q4_k_m")
     assert art.weights_bytes == 2_497_281_120
-    assert speed.decode_tokens_per_s(QWEN, art, "f16", rates(decode=40), 4096) == pytest.approx(
-        40e9 / 10_460_463_104, rel=1e-6
-    )
-    assert speed.decode_tokens_per_s(QWEN, art, "f16", rates(decode=400), 4096) == pytest.approx(
-        20e9 / 3_101_260_896, rel=1e-6
-    )
+    assert speed.decode_tokens_per_s(QWEN, art, "f16", rates(decode=40), 4096) == pytest.approx(3.5762, rel=1e-4)
+    assert speed.decode_tokens_per_s(QWEN, art, "f16", rates(decode=400), 4096) == pytest.approx(4.9169, rel=1e-4)
+    slow_attention = speed.Rates(100 * G, 50 * G, 400 * G, 20 * G, 25 * G)
+    assert speed.decode_tokens_per_s(QWEN, art, "f16", slow_attention, 4096) == pytest.approx(3.9730, rel=1e-4)
 
 
 def test_auto_context_is_one_a_person_can_fill():

@@ -19,13 +19,11 @@ from qwen_deploy.candidates import (
     Request,
     decide_context,
     fill_bounded,
-    ram_budget,
-    served_name,
-    target,
 )
 from qwen_deploy.engines.llama_server import memory as sm
 from qwen_deploy.engines.llamacpp import memory as lm
-from qwen_deploy.engines.llamacpp.plan import cpu_settings, geometry, tensors_of, unrunnable
+from qwen_deploy.engines.llamacpp import plan as llamacpp_plan
+from qwen_deploy.engines.llamacpp.plan import cpu_settings, geometry, unrunnable
 from qwen_deploy.hardware.types import Hardware
 from qwen_deploy.memory import DeviceMemory, MemoryEstimate
 from qwen_deploy.model.types import Artifact, ModelSpec
@@ -75,20 +73,7 @@ def settings_for(hw: Hardware, repack: tuple[int, int], slots: int, chat_templat
 
 
 def cpu_candidates(engine: str, kv_types: tuple[str, ...], model: ModelSpec, hw: Hardware, request: Request):
-    from qwen_deploy import engines
-
-    budget = ram_budget(hw)
-    impl = engines.get(engine)
-    out = []
-    for art in model.artifacts:
-        if art.format != "gguf" or (request.precision and request.precision != art.precision):
-            continue
-        repack = lm.llamacpp_repack(tensors_of(model, art), hw.cpu.flags)
-        for kv in kv_types:
-            if request.kv_cache_dtype and impl.kv_class(request.kv_cache_dtype) != kv:
-                continue
-            out.append(_candidate(engine, model, art, hw, budget, repack, kv, request))
-    return out
+    return llamacpp_plan.cpu_candidates(engine, kv_types, model, hw, request, build=_candidate)
 
 
 def max_slot_context(model: ModelSpec, art: Artifact, repack, budget: int, slots: int, kv: str, settings) -> int:
@@ -152,34 +137,10 @@ def _candidate(engine: str, model: ModelSpec, art: Artifact, hw: Hardware, budge
         other_bytes=p["output_buffer_bytes"] + p["process_bytes"] + p["tokenizer_merges_bytes"]
         + p["prompt_cache_bytes"],
     )  # fmt: skip
-    est = replace(est, devices=(cpu,))
-    decode = speed.decode_tokens_per_s(model, art, kv, rates, min(context, speed.SPEED_CONTEXT))
-    return Candidate(
-        engine=engine,
-        device="cpu",
-        precision=art.precision,
-        artifact=art,
-        kv_cache_dtype=kv,
-        context=context,
-        max_context=max_context,
-        concurrency=float(slots) if fits else 0.0,
-        tensor_parallel_size=1,
-        replicas=1,
-        fits=fits,
-        reason=reason,
-        memory=est,
-        decode_tokens_per_s=decode,
-        prefill_tokens_per_s=speed.prefill_tokens_per_s(model, rates, context),
-        fill_seconds=speed.fill_seconds(model, rates, context),
-        parallel=slots,
-        served_name=served_name(model),
-        host=request.host,
-        port=request.port,
-        settings=settings,
-        meets_target=fits and context >= target(request, model),
-        shortfall_bytes=shortfall,
-        gpu_layers=f"0/{model.layers + 1}",
-    )
+    return llamacpp_plan.cpu_candidate(
+        engine, model, art, kv, request, rates, est, cpu, context=context, max_context=max_context, fits=fits,
+        reason=reason, shortfall=shortfall, slots=slots, settings=settings,
+    )  # fmt: skip
 
 
 def _most_slots(model, art, repack, budget, context, kv, settings, slots) -> int:

@@ -122,10 +122,14 @@ def unrunnable(engine: str, model: ModelSpec, art: Artifact, kv: str, request: R
     )
 
 
-def cpu_candidates(engine: str, kv_types: tuple[str, ...], model: ModelSpec, hw: Hardware, request: Request):
-    """One candidate per GGUF artifact and KV type, on the CPU."""
+def cpu_candidates(
+    engine: str, kv_types: tuple[str, ...], model: ModelSpec, hw: Hardware, request: Request, build=None
+) -> list[Candidate]:
+    """One candidate per GGUF artifact and KV type, on the CPU: `build(engine, model, art, hw, budget, repack,
+    kv, request)` makes each (llama-cpp-python's server by default; llama-server passes its own)."""
     from qwen_deploy import engines
 
+    build = build or _cpu_candidate
     budget = ram_budget(hw)
     impl = engines.get(engine)
     out = []
@@ -136,8 +140,42 @@ def cpu_candidates(engine: str, kv_types: tuple[str, ...], model: ModelSpec, hw:
         for kv in kv_types:
             if request.kv_cache_dtype and impl.kv_class(request.kv_cache_dtype) != kv:
                 continue
-            out.append(_cpu_candidate(engine, model, art, hw, budget, repack, kv, request))
+            out.append(build(engine, model, art, hw, budget, repack, kv, request))
     return out
+
+
+def cpu_candidate(
+    engine: str, model: ModelSpec, art: Artifact, kv: str, request: Request, rates: sp.Rates, est: MemoryEstimate,
+    cpu: DeviceMemory, *, context: int, max_context: int, fits: bool, reason: str, shortfall: int, slots: int,
+    settings: dict,
+) -> Candidate:  # fmt: skip
+    """A CPU candidate of either llama.cpp server: its memory on the one device, its speeds at this context."""
+    return Candidate(
+        engine=engine,
+        device="cpu",
+        precision=art.precision,
+        artifact=art,
+        kv_cache_dtype=kv,
+        context=context,
+        max_context=max_context,
+        concurrency=float(slots) if fits else 0.0,
+        tensor_parallel_size=1,
+        replicas=1,
+        fits=fits,
+        reason=reason,
+        memory=replace(est, devices=(cpu,)),
+        decode_tokens_per_s=sp.decode_tokens_per_s(model, art, kv, rates, min(context, sp.SPEED_CONTEXT)),
+        prefill_tokens_per_s=sp.prefill_tokens_per_s(model, rates, context),
+        fill_seconds=sp.fill_seconds(model, rates, context),
+        parallel=slots,
+        served_name=served_name(model),
+        host=request.host,
+        port=request.port,
+        settings=settings,
+        meets_target=fits and context >= target(request, model),
+        shortfall_bytes=shortfall,
+        gpu_layers=f"0/{model.layers + 1}",
+    )
 
 
 def _cpu_candidate(
@@ -191,7 +229,6 @@ def _cpu_candidate(
             f"exceeds the {format_size(budget)} RAM budget"
         )
         shortfall = max(0, est.total_bytes - budget)
-    speed = sp.decode_tokens_per_s(model, art, kv, rates, min(context, sp.SPEED_CONTEXT))
     p = est.parts
     cpu = DeviceMemory(
         name="CPU",
@@ -201,30 +238,8 @@ def _cpu_candidate(
         budget_bytes=budget,
         other_bytes=p["output_buffer_bytes"] + p["process_bytes"] + p["tokenizer_merges_bytes"],
     )
-    est = replace(est, devices=(cpu,))
-    return Candidate(
-        engine=engine,
-        device="cpu",
-        precision=art.precision,
-        artifact=art,
-        kv_cache_dtype=kv,
-        context=context,
-        max_context=max_context,
-        concurrency=1.0 if fits else 0.0,
-        tensor_parallel_size=1,
-        replicas=1,
-        fits=fits,
-        reason=reason,
-        memory=est,
-        decode_tokens_per_s=speed,
-        prefill_tokens_per_s=sp.prefill_tokens_per_s(model, rates, context),
-        fill_seconds=sp.fill_seconds(model, rates, context),
-        parallel=1,
-        served_name=served_name(model),
-        host=request.host,
-        port=request.port,
-        settings={**cpu_settings(hw, use_mmap=not repack[1]), "chat_template": model.chat_template},
-        meets_target=fits and context >= target(request, model),
-        shortfall_bytes=shortfall,
-        gpu_layers=f"0/{model.layers + 1}",
-    )
+    settings = {**cpu_settings(hw, use_mmap=not repack[1]), "chat_template": model.chat_template}
+    return cpu_candidate(
+        engine, model, art, kv, request, rates, est, cpu, context=context, max_context=max_context, fits=fits,
+        reason=reason, shortfall=shortfall, slots=1, settings=settings,
+    )  # fmt: skip
