@@ -147,7 +147,10 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        update_section("concurrency_cpu", "python bench/concurrency_cpu.py", table)
+        if args.model is None:
+            update_section("concurrency_cpu", "python bench/concurrency_cpu.py", table)
+        else:
+            update_section(f"concurrency_cpu_{path.stem}", f"python bench/concurrency_cpu.py --model {path}", table)
 
 
 if __name__ == "__main__":

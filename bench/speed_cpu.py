@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--implied", action="store_true", help="print the per-core rates the runs imply")
     parser.add_argument("--depths", type=int, nargs="+", default=[512, 1024, 4096], help="for the 4B-sized models")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per depth, the fastest kept")
     args = parser.parse_args()
     from qwen_deploy.model.resolve import resolve_model
     from tests.real_models import GEMMA3, SMOLLM2, fetch

@@ -401,8 +401,21 @@ def _start(launch: Launch, attempt: int, foreground: bool, run: _Running) -> Log
     return LogReader(state.log_path(launch.name), offset, oom_before)
 
 
+_SIGNALLED: list[int] = []  # the stop signals `up` received, in order
+
+
 def _on_signal(signum: int, _frame: object) -> None:
+    _SIGNALLED.append(signum)
     raise Interrupted(signum)
+
+
+def _interruption(exc: BaseException) -> int | None:
+    """The stop signal behind `exc`: an Interrupted, or another error raised while one was being raised. A
+    signal that lands inside an import's error path makes CPython replace the handler's exception with
+    "TypeError: expected a message argument" (PyErr_SetImportError given no message); that is a Ctrl-C too."""
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    return _SIGNALLED[-1] if _SIGNALLED and isinstance(exc, Exception) else None
 
 
 def _stopped_by_down(name: str, pid: int) -> bool:
@@ -419,6 +432,7 @@ def up(p: Plan, opts: UpOptions, replan: Callable[[Request], Plan], progress: Pr
     name = state.check_name(opts.name) if opts.name else state.default_name(p.choice.served_name)
     run = _Running()
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    _SIGNALLED.clear()
     try:
         for sig in STOP_SIGNALS:
             signal.signal(sig, _on_signal)
@@ -470,16 +484,19 @@ def up(p: Plan, opts: UpOptions, replan: Callable[[Request], Plan], progress: Pr
             return 0
         _say("Ctrl-C stops it.")
         return _supervise(run, log, c.engine_impl)
-    except Interrupted as sig:
+    except BaseException as exc:
+        signum = _interruption(exc)
+        if signum is None:
+            raise
         _ignore_stop_signals()  # a second Ctrl-C must not interrupt the clean-up
         previous = {}  # nor kill `up` on its way out: it exits 128 + signal once the engine is stopped
         progress.done()
         was_ready = run.record is not None and run.record.state == "ready"
         if run.proc is not None:
-            _say(f"{signal.Signals(sig.signum).name}: stopping {name} ...")
+            _say(f"{signal.Signals(signum).name}: stopping {name} ...")
             how = stop_group(run.proc.pid, proc=run.proc)
             _say(f"{name} {how}.")
-        return 0 if was_ready else 128 + sig.signum
+        return 0 if was_ready else 128 + signum
     finally:
         _ignore_stop_signals()
         if run.proc is not None:  # any other error while it runs: leave nothing behind

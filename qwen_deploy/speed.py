@@ -27,21 +27,35 @@ from qwen_deploy.model.types import Artifact, ModelSpec
 SPEED_CONTEXT = 4096
 CPU_TYPICAL_BANDWIDTH_GBPS = 40.0  # dual-channel DDR4/DDR5 desktop, effective; `probe --measure` replaces it
 
-# Per physical core, GFLOP/s of llama.cpp's portable AVX2 build (scripts/install-llamacpp), by the weights'
-# main type: (prefill matmul, decode mat-vec). Measured by bench/speed_cpu.py (BENCHMARKS.md speed_cpu).
+# Per physical core, GFLOP/s of llama.cpp's portable AVX2 build (scripts/install-llamacpp, b11312), by the
+# weights' main type: (prefill matmul, decode mat-vec). Fitted on one run of bench/speed_cpu.py --implied
+# (2026-12-02, AMD EPYC, 2 cores; the full-size Qwen3-4B GGUF at prompts of 512, 2,048 and 4,096 tokens):
+#   prefill, t(n) = a·n + b·n² by least squares with b shared by both quants (the attention does not depend on
+#   the weights): q4_k_m a = 44.43 ms/token -> 7.2666 GFLOP / 0.04443 s / 2 cores = 81.8; q8_0 a = 60.40 ms
+#   -> 60.2; b = 5.128e-6 s -> 294,912 FLOPs per pair-half / b / 2 = 28.8 GFLOP/s per core of attention.
+#   decode: q4_k_m reads its weights at the memory bandwidth (its mat-vecs would need > 35/core to bind);
+#   q8_0 is bound by its mat-vecs: 8.04 GFLOP per token in ~217 ms = 18.5 per core.
+# q4_k_m and q8_0 are measured; the others are placed between them by their kernels (q4_0 shares q4_K's
+# repacked AVX2 path; q5_K/q6_K have no repacked kernel; f16/bf16 convert every row): not measured here.
 CPU_RATES: dict[str, tuple[float, float]] = {
-    "q4_k_m": (40.0, 12.0),
-    "q5_k_m": (36.0, 11.0),
-    "q6_k": (34.0, 10.0),
-    "q8_0": (45.0, 14.0),
-    "q4_0": (48.0, 14.0),
-    "q4_1": (44.0, 13.0),
-    "f16": (30.0, 8.0),
-    "bf16": (20.0, 6.0),
+    "q4_k_m": (81.8, 48.0),
+    "q4_0": (81.8, 48.0),
+    "q4_1": (70.0, 40.0),
+    "q5_k_m": (62.0, 26.0),
+    "q6_k": (60.0, 22.0),
+    "q8_0": (60.2, 18.5),
+    "f16": (40.0, 12.0),
+    "bf16": (30.0, 9.0),
 }
-DEFAULT_RATE = (30.0, 8.0)
-# Attention (flash attention over an f16 cache; quantized caches dequantize first), GFLOP/s per core.
-CPU_ATTENTION_GFLOPS = {"f16": 20.0, "q8_0": 16.0, "q4_0": 14.0}
+DEFAULT_RATE = (40.0, 12.0)
+# Attention (flash attention over the cache), GFLOP/s per core: prefill (measured above, f16 cache) and
+# decode (one query row at a time: 13 per core, fitted on the same run's decode at depths 528-4,112 together
+# with the bandwidth factor below). Quantized caches dequantize first: estimated, not measured.
+CPU_ATTENTION_GFLOPS = {"f16": 28.8, "q8_0": 23.0, "q4_0": 20.0}
+CPU_DECODE_ATTENTION_GFLOPS = {"f16": 13.0, "q8_0": 10.5, "q4_0": 9.0}
+# Decoding on every core reads memory faster than the probe's one-thread copy: 1.08x on the run above (AMD
+# EPYC); an earlier run on an Intel Xeon of the same 2-core kind gave ~0.8x. Machine-dependent: ±25%.
+DECODE_BANDWIDTH_EFFICIENCY = 1.05
 
 
 @dataclass(frozen=True)
@@ -61,8 +75,12 @@ def cpu_rates(hw: Hardware, precision: str, kv: str) -> Rates:
     cores = max(1, hw.cpu.physical_cores)
     prefill, decode = CPU_RATES.get(precision, DEFAULT_RATE)
     attention = CPU_ATTENTION_GFLOPS.get(kv, CPU_ATTENTION_GFLOPS["f16"])
-    bandwidth = hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS
-    return Rates(prefill * cores * 1e9, attention * cores * 1e9, decode * cores * 1e9, bandwidth * 1e9)
+    decode_attention = CPU_DECODE_ATTENTION_GFLOPS.get(kv, CPU_DECODE_ATTENTION_GFLOPS["f16"])
+    bandwidth = (hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS) * DECODE_BANDWIDTH_EFFICIENCY
+    return Rates(
+        prefill * cores * 1e9, attention * cores * 1e9, decode * cores * 1e9, bandwidth * 1e9,
+        decode_attention * cores * 1e9,
+    )  # fmt: skip
 
 
 def layer_matrix_params(model: ModelSpec) -> int:

@@ -177,6 +177,33 @@ def test_check_installed_accepts_the_built_binary(small_gguf):
     engines.get("llama-server").check_installed(choice)  # --help lists every flag the plan passes
 
 
+def test_the_binary_is_asked_for_its_flags_once_until_it_changes(tmp_path, monkeypatch):
+    """`up` checks the flags on every start; running --version and --help cost ~0.1 s each (they load the
+    server's libraries), so their output is kept per file (path, size, mtime) and read again when it changes.
+    A copy of the built binary (its libraries beside it, as its rpath wants) is checked, then changed."""
+    import subprocess
+
+    from qwen_deploy.engines.llama_server import engine
+    from qwen_deploy.errors import QwenDeployError
+
+    monkeypatch.setenv("QWEN_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    copy = tmp_path / Path(BINARY).name
+    shutil.copy2(BINARY, copy)
+    (tmp_path / (Path(BINARY).name + ".libs")).symlink_to(Path(BINARY).parent / (Path(BINARY).name + ".libs"))
+    version, usage = engine.binary_texts(str(copy), "hint")
+    assert "(build 11312, commit 0c1e57098)" in version and "--ctx-size" in usage and "--parallel" in usage
+
+    def no_run(*args, **kwargs):
+        raise OSError("not run again")
+
+    monkeypatch.setattr(subprocess, "Popen", no_run)
+    assert engine.binary_texts(str(copy), "hint") == (version, usage)  # kept: the binary was not run
+    with copy.open("ab") as f:  # another build in the same place: a different size and mtime
+        f.write(b"\0")
+    with pytest.raises(QwenDeployError, match="could not be run \\(not run again\\)"):
+        engine.binary_texts(str(copy), "hint")
+
+
 def test_more_slots_than_memory_allows_is_refused_with_the_arithmetic(synthetic_gguf):
     """8 GiB of RAM (7 GiB budget) and 8 slots of 32,768 tokens: 8 × 32,768 × 147,456 B = 36 GiB of KV."""
     model = spec_from_gguf(synthetic_gguf)

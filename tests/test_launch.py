@@ -133,3 +133,22 @@ def test_missing_vllm_is_named_before_anything_is_downloaded(monkeypatch, tmp_pa
     code, _, err = run("up", "--gpu", "RTX 4090", "--ram", "64GiB", "--engine", "vllm", "--port", "auto")
     assert code == 1
     assert "vLLM is not installed ('vllm' was not found)" in err
+
+
+def test_an_error_raised_while_a_stop_signal_lands_counts_as_that_signal():
+    """CI saw it (test_up.py::test_repeated_ctrl_c_while_loading_is_clean, three SIGINTs 20 ms apart while the
+    engine loaded): "Error: qwen-deploy hit a bug (TypeError: expected a message argument)", exit 1 instead of
+    130. CPython raises that TypeError from PyErr_SetImportError when the handler's exception lands inside an
+    import's error path; `up` now takes any error raised after a stop signal arrived as that signal."""
+    import signal
+
+    from qwen_deploy.errors import Interrupted
+
+    launch._SIGNALLED.clear()
+    assert launch._interruption(TypeError("expected a message argument")) is None  # no signal: a real bug
+    with pytest.raises(Interrupted):
+        launch._on_signal(signal.SIGINT, None)
+    assert launch._interruption(TypeError("expected a message argument")) == signal.SIGINT
+    assert launch._interruption(Interrupted(signal.SIGTERM)) == signal.SIGTERM
+    assert launch._interruption(SystemExit(1)) is None  # not an error: left to propagate
+    launch._SIGNALLED.clear()

@@ -153,7 +153,12 @@ def test_cpu_balanced_chooses_a_4_bit_quant_and_quality_the_highest():
     quality = plan(QWEN, hw, Request(prefer="quality"))
     assert quality.choice.precision == "q8_0"
     speed = plan(QWEN, hw, Request(prefer="speed"))
-    assert speed.choice.decode_tokens_per_s == max(c.decode_tokens_per_s for c in speed.candidates if c.fits)
+    # none reaches 32K within --max-fill-time here, so contexts within a power of two count alike, and among
+    # those in the choice's octave the fastest decode wins
+    octave = speed.choice.context.bit_length()
+    alike = [c for c in speed.candidates if c.fits and c.context.bit_length() == octave]
+    assert not speed.choice.meets_target and len(alike) > 1
+    assert speed.choice.decode_tokens_per_s == max(c.decode_tokens_per_s for c in alike)
 
 
 def test_cpu_context_is_the_longest_that_fits_the_ram_budget():

@@ -185,7 +185,6 @@ class LlamaServer(Engine):
         """The binary is there and takes every flag the plan passes (`--help` lists it), else a sentence
         naming the flags and the build found."""
         import shutil
-        import subprocess
 
         argv = self.command(c)
         binary = argv[0]
@@ -193,12 +192,8 @@ class LlamaServer(Engine):
             raise QwenDeployError(
                 f"llama-server is not installed ({binary!r} was not found). To fix: {self.install_hint}"
             )
-        try:
-            version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60)
-            usage = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise QwenDeployError(f"{binary} could not be run ({exc}). To fix: {self.install_hint}") from None
-        problem = versions.too_old_message(binary, version.stdout + version.stderr, usage.stdout + usage.stderr, argv)
+        version, usage = binary_texts(shutil.which(binary) or binary, self.install_hint)
+        problem = versions.too_old_message(binary, version, usage, argv)
         if problem:
             raise QwenDeployError(problem)
 
@@ -218,6 +213,48 @@ class LlamaServer(Engine):
         self, c: Candidate, model_file: str | None, all_replicas: bool = True, *, model: ModelSpec | None = None
     ) -> Container:
         return container_for(c, model_file)
+
+
+def binary_texts(binary: str, install_hint: str) -> tuple[str, str]:
+    """(`binary --version`, `binary --help`) output, both run at once, kept in ~/.cache/qwen-deploy for this
+    file (its path, size and modification time): each run loads the server's libraries, ~0.1 s apiece, on
+    every `up`. A file that changes is read again."""
+    import json
+    import subprocess
+
+    from qwen_deploy.paths import cache_dir
+
+    try:
+        info = os.stat(binary)
+        key = [os.path.realpath(binary), info.st_size, info.st_mtime_ns]
+    except OSError:
+        key = None
+    kept_at = cache_dir() / "llama-server-help.json"
+    if key is not None:
+        try:
+            kept = json.loads(kept_at.read_text())
+            if kept.get("binary") == key and isinstance(kept.get("version"), str) and isinstance(kept.get("help"), str):
+                return kept["version"], kept["help"]
+        except (OSError, ValueError, AttributeError):
+            pass
+    runs: list[subprocess.Popen] = []
+    try:
+        for flag in ("--version", "--help"):
+            runs.append(subprocess.Popen([binary, flag], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        texts = [run.communicate(timeout=60)[0] for run in runs]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        for run in runs:
+            run.kill()
+        raise QwenDeployError(f"{binary} could not be run ({exc}). To fix: {install_hint}") from None
+    if key is not None:
+        try:
+            kept_at.parent.mkdir(parents=True, exist_ok=True)
+            partial = kept_at.with_suffix(f".{os.getpid()}.partial")
+            partial.write_text(json.dumps({"binary": key, "version": texts[0], "help": texts[1]}))
+            os.replace(partial, kept_at)
+        except OSError:
+            pass  # a read-only cache: run again next time
+    return texts[0], texts[1]
 
 
 def flags(args: dict[str, Any]) -> list[str]:
