@@ -30,22 +30,19 @@ from qwen_deploy.units import format_size
 __all__ = ["PLAN_SCHEMA", "Candidate", "Plan", "Request", "nothing_fits_message", "plan", "ram_budget"]
 
 
-def _rank_key(c: Candidate, request: Request) -> tuple:
-    """Smaller sorts first. See README 'How the planner chooses'."""
+def _rank_key(c: Candidate, request: Request, longest_short: int = 0) -> tuple:
+    """Smaller sorts first. See README 'How the planner chooses'. `longest_short`: the longest context among
+    the fitting candidates that do not reach the target."""
     device = 0 if c.device == "gpu" else 1
     preference = c.engine_impl.preference(request)
     if request.context == "max":
         head: tuple = (not c.fits, preference, -c.context, device)
     else:
-        # auto / N: candidates that reach the target first; among those that do not, the longer context by
-        # powers of two (10K and 13K count alike: a GPU's 10K at 70 tok/s before a CPU's 13K at 4), then exact.
-        head = (
-            not c.fits,
-            preference,
-            not c.meets_target,
-            -c.context.bit_length() if not c.meets_target else 0,
-            device,
-        )
+        # auto / N: candidates that reach the target first; among those that do not, every context at least
+        # half the longest counts alike (a GPU's 10K at 89 tok/s before a CPU's 17K at 6, which takes ten
+        # minutes to fill), shorter ones by their length.
+        alike = c.meets_target or 2 * c.context >= longest_short
+        head = (not c.fits, preference, not c.meets_target, not alike, 0 if alike else -c.context, device)
     spilled = _spilled(c)
     if request.prefer == "speed":
         tail: tuple = (-round(c.decode_tokens_per_s, 3), -c.quality)
@@ -129,7 +126,8 @@ def plan(model: ModelSpec, hardware: Hardware, request: Request | None = None) -
     for engine in engines.all_engines():
         if request.engine in (None, engine.name):
             found += engine.candidates(model, hardware, request)
-    ranked = sorted(found, key=lambda c: _rank_key(c, request))
+    longest_short = max((c.context for c in found if c.fits and not c.meets_target), default=0)
+    ranked = sorted(found, key=lambda c: _rank_key(c, request, longest_short))
     choice = ranked[0] if ranked and ranked[0].fits else None
     return Plan(model=model, hardware=hardware, request=request, choice=choice, candidates=tuple(ranked))
 
