@@ -427,3 +427,19 @@ def test_narrow_terminals_get_clicks_own_help():
     narrow = subprocess.run([sys.executable, "-m", "qwen_deploy", "--help"], capture_output=True, text=True,
                             env=dict(os.environ, COLUMNS="60"))  # fmt: skip
     assert narrow.returncode == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 60
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["plan", "--json", "--no-gpu", "--ram", "16GiB", "--model", "é" * 300],
+        ["render", "compose", "--gpu", "RTX 4090", "--ram", "64GiB", "--model-file", "é" * 300],
+        ["plan", "--hardware", "/tmp/" + "a" * 300],
+    ],
+)
+def test_a_path_longer_than_the_system_allows_is_a_usage_error(args):
+    """bench/bad_inputs.py found it: 300 'é' (600 bytes, over NAME_MAX's 255) reached Path.exists(), which raises
+    OSError ENAMETOOLONG instead of answering False, and the catch-all said "hit a bug"."""
+    code, _, err = run(*args)
+    assert code == 2 and "hit a bug" not in err, err
+    assert "longer than this system allows" in err or "File name too long" in err

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from qwen_deploy import __version__
+from qwen_deploy import __version__, values
 from qwen_deploy.cli import COMMANDS
 from qwen_deploy.errors import EXIT_ERROR, EXIT_USAGE, Interrupted, NothingFitsError, QwenDeployError
 
@@ -67,15 +67,34 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_ERROR)
     except Interrupted as exc:  # a stop signal outside up's own handling
         sys.exit(128 + exc.signum)
-    except Exception as exc:  # a bug: say so in one line; --debug shows the traceback
-        if debug:
-            raise
+    except OSError as exc:
+        import errno
+
+        if exc.errno != errno.ENAMETOOLONG or debug:
+            _bug(exc, debug)
+        # a path the user gave (a file, a model, an output folder) that no file system can hold: wherever it is
+        # first looked up, it is the caller's to fix
+        where = values.show(exc.filename, 80) if exc.filename is not None else "a path given"
         click.echo(
-            f"Error: qwen-deploy hit a bug ({type(exc).__name__}: {exc}); please report it with the output of "
-            "the same command run with --debug.",
+            f"Error: {where} is longer than this system allows for a path (at most 255 bytes a name, 4,095 in "
+            "all); give a shorter path.",
             err=True,
         )
-        sys.exit(EXIT_ERROR)
+        sys.exit(EXIT_USAGE)
+    except Exception as exc:  # a bug
+        _bug(exc, debug)
+
+
+def _bug(exc: Exception, debug: bool) -> None:
+    """A bug: say so in one line; --debug shows the traceback."""
+    if debug:
+        raise exc
+    click.echo(
+        f"Error: qwen-deploy hit a bug ({type(exc).__name__}: {exc}); please report it with the output of "
+        "the same command run with --debug.",
+        err=True,
+    )
+    sys.exit(EXIT_ERROR)
 
 
 def rendered_help() -> tuple[str, str]:
