@@ -42,6 +42,9 @@ MACHINES = [
     ("RTX 4060 Laptop (8 GB) + 16 GB RAM", simulate(desktop(16, 8), gpus=("RTX 4060 Laptop",))),
     ("GTX 1650 (4 GB) + 16 GB RAM", simulate(desktop(16, 4), gpus=("GTX 1650",))),
     ("MacBook M2, 16 GB", simulate(desktop(16, 8), gpus=("M2 16GB",))),
+    ("L4 (24 GB) + 64 GB RAM", simulate(desktop(64, 8), gpus=("L4",))),
+    ("A10G (24 GB) + 64 GB RAM", simulate(desktop(64, 8), gpus=("A10G",))),
+    ("H100 80GB + 256 GB RAM", simulate(desktop(256, 32), gpus=("H100 80GB",))),
     ("32 GB CPU server, 16 cores", desktop(32, 16)),
     ("16 GB laptop, 8 cores", desktop(16, 8)),
     ("2-core VM, 24 GB (this project's CI machine)", desktop(24, 2)),
@@ -78,5 +81,31 @@ def main() -> None:
             )
 
 
+def vllm_table() -> None:
+    """vLLM alone on the seed article's GPUs (the rules of the pinned release): the longest context, and how
+    many 32K conversations its KV cache holds at once."""
+    model = load_profile("qwen3-4b-instruct-2507")
+    print("\n| GPU (vLLM only) | rules | precision · KV | longest context | KV cache | 32K conversations at once |")
+    print("|---|---|---|---:|---:|---:|")
+    for name, hw in MACHINES:
+        if not hw.gpus or hw.gpus[0].backend != "cuda" or "Laptop" in name or "1650" in name or "4060" in name:
+            continue
+        longest = plan(model, hw, Request(engine="vllm", context="max")).choice
+        at_32k = plan(model, hw, Request(engine="vllm", context=32768)).choice
+        if longest is None:
+            print(f"| {name} | | nothing fits | | | |")
+            continue
+        from qwen_deploy.engines.vllm.plan import engine_version
+
+        version, source = engine_version(Request(engine="vllm"), "vllm")
+        rules = f"vLLM {version} ({source})"
+        held = f"{at_32k.memory.kv_capacity_tokens / 32768:.1f}" if at_32k else "-"
+        print(
+            f"| {name.split(' + ')[0]} | {rules} | {longest.precision} · {longest.kv_cache_dtype} | "
+            f"{longest.context:,} | {format_size(longest.memory.kv_cache_bytes)} | {held} |"
+        )
+
+
 if __name__ == "__main__":
     main()
+    vllm_table()
