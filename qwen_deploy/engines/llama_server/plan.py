@@ -25,7 +25,7 @@ from qwen_deploy.engines.llamacpp import memory as lm
 from qwen_deploy.engines.llamacpp import plan as llamacpp_plan
 from qwen_deploy.engines.llamacpp.plan import cpu_settings, geometry, unrunnable
 from qwen_deploy.hardware.types import Hardware
-from qwen_deploy.memory import DeviceMemory, MemoryEstimate
+from qwen_deploy.memory import MemoryEstimate
 from qwen_deploy.model.types import Artifact, ModelSpec
 from qwen_deploy.units import format_size
 
@@ -127,16 +127,7 @@ def _candidate(engine: str, model: ModelSpec, art: Artifact, hw: Hardware, budge
             f"{format_size(budget)} RAM budget"
         )
         shortfall = max(0, est.total_bytes - budget)
-    p = est.parts
-    cpu = DeviceMemory(
-        name="CPU",
-        model_bytes=est.weights_bytes,
-        kv_bytes=est.kv_cache_bytes,
-        compute_bytes=p["compute_buffer_bytes"] + p["work_buffer_bytes"],
-        budget_bytes=budget,
-        other_bytes=p["output_buffer_bytes"] + p["process_bytes"] + p["tokenizer_merges_bytes"]
-        + p["prompt_cache_bytes"],
-    )  # fmt: skip
+    cpu = llamacpp_plan.cpu_device(est, budget, "compute_buffer_bytes")
     return llamacpp_plan.cpu_candidate(
         engine, model, art, kv, request, rates, est, cpu, context=context, max_context=max_context, fits=fits,
         reason=reason, shortfall=shortfall, slots=slots, settings=settings,

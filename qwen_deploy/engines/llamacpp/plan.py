@@ -144,6 +144,21 @@ def cpu_candidates(
     return out
 
 
+def cpu_device(est: MemoryEstimate, budget: int, compute_part: str) -> DeviceMemory:
+    """The one device of a CPU plan: `compute_part` names the compute buffer's part (llama-cpp-python counts
+    what stays resident, llama-server the whole reserve); a prompt cache, where the engine has one, is other."""
+    p = est.parts
+    return DeviceMemory(
+        name="CPU",
+        model_bytes=est.weights_bytes,
+        kv_bytes=est.kv_cache_bytes,
+        compute_bytes=p[compute_part] + p["work_buffer_bytes"],
+        budget_bytes=budget,
+        other_bytes=p["output_buffer_bytes"] + p["process_bytes"] + p["tokenizer_merges_bytes"]
+        + p.get("prompt_cache_bytes", 0),
+    )  # fmt: skip
+
+
 def cpu_candidate(
     engine: str, model: ModelSpec, art: Artifact, kv: str, request: Request, rates: sp.Rates, est: MemoryEstimate,
     cpu: DeviceMemory, *, context: int, max_context: int, fits: bool, reason: str, shortfall: int, slots: int,
@@ -229,15 +244,7 @@ def _cpu_candidate(
             f"exceeds the {format_size(budget)} RAM budget"
         )
         shortfall = max(0, est.total_bytes - budget)
-    p = est.parts
-    cpu = DeviceMemory(
-        name="CPU",
-        model_bytes=est.weights_bytes,
-        kv_bytes=est.kv_cache_bytes,
-        compute_bytes=p["compute_resident_bytes"] + p["work_buffer_bytes"],
-        budget_bytes=budget,
-        other_bytes=p["output_buffer_bytes"] + p["process_bytes"] + p["tokenizer_merges_bytes"],
-    )
+    cpu = cpu_device(est, budget, "compute_resident_bytes")
     settings = {**cpu_settings(hw, use_mmap=not repack[1]), "chat_template": model.chat_template}
     return cpu_candidate(
         engine, model, art, kv, request, rates, est, cpu, context=context, max_context=max_context, fits=fits,
