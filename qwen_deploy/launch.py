@@ -410,12 +410,20 @@ def _on_signal(signum: int, _frame: object) -> None:
 
 
 def _interruption(exc: BaseException) -> int | None:
-    """The stop signal behind `exc`: an Interrupted, or another error raised while one was being raised. A
-    signal that lands inside an import's error path makes CPython replace the handler's exception with
-    "TypeError: expected a message argument" (PyErr_SetImportError given no message); that is a Ctrl-C too."""
-    if isinstance(exc, Interrupted):
-        return exc.signum
-    return _SIGNALLED[-1] if _SIGNALLED and isinstance(exc, Exception) else None
+    """The stop signal behind `exc`: an Interrupted, one in its context chain, or the error CPython puts in the
+    place of the handler's exception when it lands inside an import's error path ("TypeError: expected a
+    message argument", from PyErr_SetImportError given no message) after a stop signal arrived. Any other
+    error is itself, even after a Ctrl-C."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, Interrupted):
+            return link.signum
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    if _SIGNALLED and isinstance(exc, TypeError) and str(exc) == "expected a message argument":
+        return _SIGNALLED[-1]
+    return None
 
 
 def _stopped_by_down(name: str, pid: int) -> bool:

@@ -78,21 +78,28 @@ def server_name(value: Any, where: str = "--name") -> str:
 _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
+_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def host(value: Any, where: str = "--host") -> str:
-    """An address to listen on: an IPv4 or IPv6 address (IPv6 without brackets: '::1', '::'), or a host name
-    of dot-separated labels (letters, digits, inner '-'). Nothing else reaches a command line or a file."""
+    """An address to listen on: an IPv4 or IPv6 address (IPv6 without brackets: '::1', '::', 'fe80::1%eth0'), or
+    a host name of dot-separated labels (letters, digits, inner '-'; one trailing '.' allowed). Nothing else
+    reaches a command line or a file."""
     import ipaddress
 
     name = text(value, where, 253)
-    for address, bracketed in ((name, False), (name[1:-1], name[:1] + name[-1:] == "[]")):
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            continue
+    bracketed = name.startswith("[") and name.endswith("]")
+    address, percent, zone = (name[1:-1] if bracketed else name).partition("%")
+    try:
+        ipaddress.ip_address(address)
+        is_ip = not percent or (":" in address and bool(_ZONE.fullmatch(zone)))
+    except ValueError:
+        is_ip = False
+    if is_ip:
         if bracketed:
             raise UsageError(f"{where} {show(name)}: write an IPv6 address without brackets, such as ::1 or ::.")
         return name
-    labels = name.split(".")
+    labels = name.removesuffix(".").split(".")
     if ":" in name or not all(_HOST_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
         raise UsageError(
             f"{where} {show(name)} is not an IP address (such as 127.0.0.1, 0.0.0.0 or ::1) or a host name "

@@ -179,19 +179,24 @@ def test_check_installed_accepts_the_built_binary(small_gguf):
 
 def test_the_binary_is_asked_for_its_flags_once_until_it_changes(tmp_path, monkeypatch):
     """`up` checks the flags on every start; running --version and --help cost ~0.1 s each (they load the
-    server's libraries), so their output is kept per file (path, size, mtime) and read again when it changes.
-    A copy of the built binary (its libraries beside it, as its rpath wants) is checked, then changed."""
+    server's libraries), so their output is kept per file (path, inode, size, mtime, ctime, and the libraries
+    folder beside it) and read again when it changes. A copy of the built binary is checked: first without
+    its libraries (the loader's real failure, exit 127: not kept), then with them (kept), then changed."""
     import subprocess
 
     from qwen_deploy.engines.llama_server import engine
     from qwen_deploy.errors import QwenDeployError
 
     monkeypatch.setenv("QWEN_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    kept = tmp_path / "cache" / "llama-server-help.json"
     copy = tmp_path / Path(BINARY).name
     shutil.copy2(BINARY, copy)
+    version, _ = engine.binary_texts(str(copy), "hint")
+    assert "error while loading shared libraries" in version and not kept.exists()
     (tmp_path / (Path(BINARY).name + ".libs")).symlink_to(Path(BINARY).parent / (Path(BINARY).name + ".libs"))
     version, usage = engine.binary_texts(str(copy), "hint")
     assert "(build 11312, commit 0c1e57098)" in version and "--ctx-size" in usage and "--parallel" in usage
+    assert kept.exists()
 
     def no_run(*args, **kwargs):
         raise OSError("not run again")
@@ -202,6 +207,18 @@ def test_the_binary_is_asked_for_its_flags_once_until_it_changes(tmp_path, monke
         f.write(b"\0")
     with pytest.raises(QwenDeployError, match="could not be run \\(not run again\\)"):
         engine.binary_texts(str(copy), "hint")
+
+
+def test_a_corrupt_flag_cache_is_ignored(tmp_path, monkeypatch):
+    """A cache file nested 100,000 deep (json raises RecursionError) or cut short is read past: the binary is
+    asked again (a review found the RecursionError reached the catch-all)."""
+    from qwen_deploy.engines.llama_server import engine
+
+    monkeypatch.setenv("QWEN_DEPLOY_CACHE_DIR", str(tmp_path))
+    for junk in ("[" * 100_000, '{"binary": [', "null"):
+        (tmp_path / "llama-server-help.json").write_text(junk)
+        version, usage = engine.binary_texts(BINARY, "hint")
+        assert "build 11312" in version and "--ctx-size" in usage
 
 
 def test_more_slots_than_memory_allows_is_refused_with_the_arithmetic(synthetic_gguf):

@@ -142,7 +142,7 @@ def test_an_error_raised_while_a_stop_signal_lands_counts_as_that_signal():
     import's error path; `up` now takes any error raised after a stop signal arrived as that signal."""
     import signal
 
-    from qwen_deploy.errors import Interrupted
+    from qwen_deploy.errors import Interrupted, QwenDeployError
 
     launch._SIGNALLED.clear()
     assert launch._interruption(TypeError("expected a message argument")) is None  # no signal: a real bug
@@ -151,4 +151,15 @@ def test_an_error_raised_while_a_stop_signal_lands_counts_as_that_signal():
     assert launch._interruption(TypeError("expected a message argument")) == signal.SIGINT
     assert launch._interruption(Interrupted(signal.SIGTERM)) == signal.SIGTERM
     assert launch._interruption(SystemExit(1)) is None  # not an error: left to propagate
+    # any other error stays itself after a Ctrl-C (a review found "port taken" swallowed as exit 130) ...
+    assert launch._interruption(QwenDeployError("port 8000 is taken")) is None
+    assert launch._interruption(AttributeError("x")) is None
+    # ... unless it was raised while the Interrupted was being handled (its context)
+    try:
+        try:
+            raise Interrupted(signal.SIGINT)
+        except Interrupted:
+            raise AttributeError("in a finally")  # noqa: B904
+    except AttributeError as chained:
+        assert launch._interruption(chained) == signal.SIGINT
     launch._SIGNALLED.clear()

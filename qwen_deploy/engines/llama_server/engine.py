@@ -217,25 +217,32 @@ class LlamaServer(Engine):
 
 def binary_texts(binary: str, install_hint: str) -> tuple[str, str]:
     """(`binary --version`, `binary --help`) output, both run at once, kept in ~/.cache/qwen-deploy for this
-    file (its path, size and modification time): each run loads the server's libraries, ~0.1 s apiece, on
-    every `up`. A file that changes is read again."""
+    file and the libraries beside it (path, inode, size, mtime, ctime): each run loads the server's libraries,
+    ~0.1 s apiece, on every `up`. Only a pair of clean runs whose help lists the server's flags is kept; a file
+    that changes is read again; a cache that cannot be read is ignored."""
     import json
     import subprocess
 
     from qwen_deploy.paths import cache_dir
 
+    key = None
     try:
-        info = os.stat(binary)
-        key = [os.path.realpath(binary), info.st_size, info.st_mtime_ns]
+        parts = []
+        for path in (binary, binary + ".libs"):
+            if path == binary or os.path.isdir(path):
+                info = os.stat(path)
+                parts.append([os.path.realpath(path), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns])
+        key = parts
     except OSError:
         key = None
     kept_at = cache_dir() / "llama-server-help.json"
     if key is not None:
         try:
-            kept = json.loads(kept_at.read_text())
+            with open(kept_at, "rb") as f:
+                kept = json.loads(f.read(4 * 1024**2))
             if kept.get("binary") == key and isinstance(kept.get("version"), str) and isinstance(kept.get("help"), str):
                 return kept["version"], kept["help"]
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             pass
     runs: list[subprocess.Popen] = []
     try:
@@ -243,10 +250,14 @@ def binary_texts(binary: str, install_hint: str) -> tuple[str, str]:
             runs.append(subprocess.Popen([binary, flag], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         texts = [run.communicate(timeout=60)[0] for run in runs]
     except (OSError, subprocess.TimeoutExpired) as exc:
-        for run in runs:
-            run.kill()
         raise QwenDeployError(f"{binary} could not be run ({exc}). To fix: {install_hint}") from None
-    if key is not None:
+    finally:
+        for run in runs:  # on a timeout or a Ctrl-C, nothing is left running
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    clean = all(run.returncode == 0 for run in runs) and "--ctx-size" in texts[1]
+    if key is not None and clean:
         try:
             kept_at.parent.mkdir(parents=True, exist_ok=True)
             partial = kept_at.with_suffix(f".{os.getpid()}.partial")

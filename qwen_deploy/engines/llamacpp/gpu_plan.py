@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qwen_deploy import speed as sp
 from qwen_deploy.candidates import (
     SPEED_CONTEXT,
     Candidate,
@@ -213,7 +214,7 @@ def _speed(sizer: _Sizer, b: dict[str, dict[str, int]], gpu: GPU, hw: Hardware, 
     cpu_bytes = b.get("CPU", {}).get("model_bytes", 0) + per_layer_token * (layers - on_gpu) * SPEED_CONTEXT
     cpu_bytes -= _embedding_bytes(sizer.table)  # the token embedding: one row read per token, not all of it
     gpu_bw = (gpu.memory_bandwidth_gbps or 300.0) * 1e9 * GPU_DECODE_EFFICIENCY
-    cpu_bw = (hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS) * 1e9
+    cpu_bw = (hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS) * 1e9 * sp.DECODE_BANDWIDTH_EFFICIENCY
     seconds = gpu_bytes / gpu_bw + max(0, cpu_bytes) / cpu_bw
     return 1.0 / seconds if seconds > 0 else 0.0
 
