@@ -71,14 +71,18 @@ class Rates:
         return self.decode_attention_flops_per_s or self.attention_flops_per_s
 
 
+def cpu_decode_bandwidth(hw: Hardware) -> float:
+    """Bytes a second that decoding on this CPU reads: the measured (or typical) figure × the factor above."""
+    return (hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS) * DECODE_BANDWIDTH_EFFICIENCY * 1e9
+
+
 def cpu_rates(hw: Hardware, precision: str, kv: str) -> Rates:
     cores = max(1, hw.cpu.physical_cores)
     prefill, decode = CPU_RATES.get(precision, DEFAULT_RATE)
     attention = CPU_ATTENTION_GFLOPS.get(kv, CPU_ATTENTION_GFLOPS["f16"])
     decode_attention = CPU_DECODE_ATTENTION_GFLOPS.get(kv, CPU_DECODE_ATTENTION_GFLOPS["f16"])
-    bandwidth = (hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS) * DECODE_BANDWIDTH_EFFICIENCY
     return Rates(
-        prefill * cores * 1e9, attention * cores * 1e9, decode * cores * 1e9, bandwidth * 1e9,
+        prefill * cores * 1e9, attention * cores * 1e9, decode * cores * 1e9, cpu_decode_bandwidth(hw),
         decode_attention * cores * 1e9,
     )  # fmt: skip
 

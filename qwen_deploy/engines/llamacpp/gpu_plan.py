@@ -26,7 +26,7 @@ from qwen_deploy.candidates import (
 )
 from qwen_deploy.engines.llamacpp import memory as lm
 from qwen_deploy.engines.llamacpp import offload
-from qwen_deploy.engines.llamacpp.plan import CPU_TYPICAL_BANDWIDTH_GBPS, OFFLOAD_BACKENDS, cpu_settings
+from qwen_deploy.engines.llamacpp.plan import OFFLOAD_BACKENDS, cpu_settings
 from qwen_deploy.hardware.types import GPU, Hardware
 from qwen_deploy.memory import DeviceMemory, MemoryEstimate, empty_estimate
 from qwen_deploy.model.types import Artifact, ModelSpec
@@ -214,7 +214,7 @@ def _speed(sizer: _Sizer, b: dict[str, dict[str, int]], gpu: GPU, hw: Hardware, 
     cpu_bytes = b.get("CPU", {}).get("model_bytes", 0) + per_layer_token * (layers - on_gpu) * SPEED_CONTEXT
     cpu_bytes -= _embedding_bytes(sizer.table)  # the token embedding: one row read per token, not all of it
     gpu_bw = (gpu.memory_bandwidth_gbps or 300.0) * 1e9 * GPU_DECODE_EFFICIENCY
-    cpu_bw = (hw.cpu.memory_bandwidth_gbps or CPU_TYPICAL_BANDWIDTH_GBPS) * 1e9 * sp.DECODE_BANDWIDTH_EFFICIENCY
+    cpu_bw = sp.cpu_decode_bandwidth(hw)
     seconds = gpu_bytes / gpu_bw + max(0, cpu_bytes) / cpu_bw
     return 1.0 / seconds if seconds > 0 else 0.0
 

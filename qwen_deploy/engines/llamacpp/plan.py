@@ -24,7 +24,6 @@ from qwen_deploy.model.types import Artifact, ModelSpec
 from qwen_deploy.units import format_size
 
 OFFLOAD_BACKENDS = ("cuda", "metal")  # GPUs llama.cpp offloads layers to (gpu_plan.py)
-CPU_TYPICAL_BANDWIDTH_GBPS = sp.CPU_TYPICAL_BANDWIDTH_GBPS
 
 DEFAULT_N_BATCH = 512
 DEFAULT_N_UBATCH = 512
