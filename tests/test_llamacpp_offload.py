@@ -101,9 +101,9 @@ def test_cuda_ngl10_partial():
     assert gpu["model_bytes"] == layers_bytes(range(27, 36)) + OUTPUT == 879_878_656  # 839.12 MiB
     assert cpu["model_bytes"] == TOK_EMBD + layers_bytes(range(27)) == 1_930_510_848  # 1841.08 MiB
     assert gpu["kv_bytes"] == 9 * KV_LAYER == 144 * MiB and cpu["kv_bytes"] == 27 * KV_LAYER == 432 * MiB
-    # op offload: the CPU layers' 512-token batches run on CUDA0 with their weights copied in, one layer
-    # at a time: mlp stage 4 MiB + 77 MiB + the largest ffn group (Q6 layer: 2 x 14,008,320 + 20,428,800 +
-    # norm 10,240 = 48,455,680) = 127.2 MiB; the logits stage (301.75 MiB) is still the peak.
+    # op offload: the CPU layers' 512-token batches run on CUDA0 with their weights copied in, one matrix
+    # at a time: mlp stage 4 MiB mask + 77 MiB + the largest ffn matrix (a Q6_K ffn_down, 9728 x 2560 x
+    # 210/256 B = 20,428,800) = 100.5 MiB; the logits stage (301.75 MiB) is still the peak.
     assert gpu["compute_bytes"] == LOGITS_STAGE
     assert gpu["layers"] == 10
     # 839.12 + 144 + 301.75 + 512 = 1796.9 MiB on the GPU
@@ -127,6 +127,27 @@ def test_cuda_ngl0_still_reserves_cuda0():
     assert b["_buffers"]["CUDA_Host compute"] == HOST_COMPUTE
     # without op offload (op_offload=False) or batches below 32 tokens there is no CUDA0 buffer at all
     assert "CUDA0" not in r.device_breakdown(n_gpu_layers=0, op_offload=False, **BASE)
+
+
+def test_one_output_a_sequence_keeps_the_output_matmul_on_the_cpu():
+    """llama-server and llama-cli reserve one output row a sequence (n_outputs_max = 1): the output
+    matmul's batch is 1 < 32, so at -ngl 0 ggml-cuda's offload_op refuses it and no output matrix is
+    copied up; the CPU layers' matmuls (512 rows) still run on CUDA0, one weight matrix at a time.
+    By hand, Qwen3-4B Q4_K_M at 4096 tokens, flash attention:
+      mlp stage  mask 4,194,304 + idxs 512 x 20 B + (3 x 9728 + 4 x 2560) x 512 x 4 = 84,944,896 (81.01 MiB)
+      + the largest CPU-layer matrix, a Q6_K ffn_down 9728 x 2560 x 210/256 = 20,428,800
+      = 105,373,696 B = 100.49 MiB (the logits stage of 1 row is 0.59 MiB)."""
+    one = dict(BASE, n_outputs_max=1)
+    mlp = MASK + 512 * 20 + (3 * 9728 + 4 * 2560) * 512 * 4
+    assert mlp == 84_944_896
+    ngl0 = r.device_breakdown(n_gpu_layers=0, **one)["CUDA0"]
+    assert ngl0["compute_bytes"] == mlp + FFN_DOWN_Q6 == 105_373_696
+    # the same at -ngl 10 (layers 0..26 on the CPU include Q6_K ffn_down layers)
+    assert r.device_breakdown(n_gpu_layers=10, **one)["CUDA0"]["compute_bytes"] == mlp + FFN_DOWN_Q6
+    # full offload: no copies
+    assert r.device_breakdown(n_gpu_layers=37, **one)["CUDA0"]["compute_bytes"] == mlp
+    # with 512 output rows (llama-cpp-python) the output matmul is offloaded and its matrix copied
+    assert r.device_breakdown(n_gpu_layers=0, **BASE)["CUDA0"]["compute_bytes"] == LOGITS_STAGE + TOK_EMBD
 
 
 def test_no_kv_offload_keeps_kv_on_host():

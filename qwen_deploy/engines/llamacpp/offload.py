@@ -174,7 +174,10 @@ def gpu_stage_bytes(
     kq = 0 if flash_attn else n_kv * u * g.attention_heads * 4
     hd = g.attention_heads * g.head_dim
     attention = mask + idxs + kq + (2 * g.hidden + 2 * hd) * u * 4
-    k = 2 if backend == "metal" else 4
+    # CUDA: 3F + 3E, and one more E-sized block when the attention output (H x D) is wider than n_embd;
+    # fitted, exact on both public CUDA logs that show it (Qwen2.5-7B, H x D = E: 134.01 MiB at 2048
+    # tokens; Qwen3-4B, H x D = 4096 > E = 2560: 85.01 MiB at 8192). Metal: 3F + 2E (one log, exact).
+    k = 2 if backend == "metal" else 3 + (hd > g.hidden)
     mlp = mask + idxs + (3 * g.intermediate + k * g.hidden) * u * 4
     output = (g.vocab + g.hidden) * n_outputs * 4
     return {"attention": attention, "mlp": mlp, "output": output}
@@ -201,16 +204,17 @@ OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda.cu / ggml-metal-device.m: GGML_OP_OFFLOAD
 
 
 def _layer_weight_groups(tensors: Sequence[Tensor], il: int) -> tuple[int, int]:
-    """(attention weights, ffn weights) bytes of layer il."""
+    """(largest attention matrix, largest ffn matrix) bytes of layer il: op offload copies one matmul's
+    weight at a time."""
     attn = ffn = 0
     p = f"blk.{il}."
     for name, _t, _a, _b, nb in tensors:
         if not name.startswith(p):
             continue
         if ".ffn_" in name:
-            ffn += nb
+            ffn = max(ffn, nb)
         else:
-            attn += nb
+            attn = max(attn, nb)
     return attn, ffn
 
 
@@ -260,8 +264,9 @@ def device_breakdown(
       * KV: each layer's K/V on its layer's device default buffer type; -nkvo keeps all on 'CPU'.
       * compute: host_compute_bytes on the host; gpu_stage_bytes on the GPU running the layers; at partial
         offload with op offload (batches >= 32 tokens) the GPU also runs the CPU layers, copying their
-        weights (and their K/V views) into its compute buffer, one layer at a time; at -ngl 0 the output
-        matrix is copied too. A CUDA0 compute buffer exists even at -ngl 0.
+        weights (and their K/V views) into its compute buffer, one matrix at a time; at -ngl 0 the output
+        matrix is copied too when the output matmul has >= 32 rows (n_outputs). A CUDA0 compute buffer
+        exists even at -ngl 0.
       * output buffer: n_vocab x max(n_outputs, n_seq) x 4, in the host buffer type of the output layer's
         device ('CUDA_Host' when the output layer is on a CUDA GPU, else 'CPU').
     """
@@ -358,14 +363,22 @@ def device_breakdown(
         if not holds_output:
             st["output"] = 0
         if dev == gpu_names[0] and offloading and cpu_layers:
-            # op offload: each CPU layer's weights are copied into this buffer for its large batches (PR
-            # #6083: "the weights are now copied to VRAM in the compute buffer"), one layer at a time
+            # op offload: each CPU-layer matmul's weight is copied into this buffer for its large batches
+            # (PR #6083: "the weights are now copied to VRAM in the compute buffer"), as an input of that
+            # op's split, freed when the op is done: one matrix at a time next to the stage's activations.
+            # Public RTX 2060 logs (Qwen2.5-7B Q4_K_M, b10357): 182.33 MiB at -ngl 0, 15, 18, 19 and 21
+            # alike against 134.01 at full offload; the largest CPU-layer matrix (a Q6_K ffn_down, 53.12
+            # MiB) on top gives 187.13, +2.6 %.
             st["attention"] += max(_layer_weight_groups(tensors, il)[0] for il in cpu_layers)
             st["mlp"] += max(_layer_weight_groups(tensors, il)[1] for il in cpu_layers)
             if not offload_kqv or any(g.has_kv(il) for il in cpu_layers):
                 st["attention"] += kv_view  # the CPU layer's K/V views, copied up for the attention op
-            if out_dev == "CPU":
+            if out_dev == "CPU" and n_outputs >= OP_OFFLOAD_MIN_BATCH:
+                # the output matmul's batch is its n_outputs rows: below 32 it stays on the CPU (no copy,
+                # and the logits stage is the CPU's); llama-cli/llama-server reserve 1 output a sequence
                 st["output"] += output_matrix_bytes
+            elif out_dev == "CPU":
+                st["output"] = 0
         elif not offload_kqv:
             st["attention"] += kv_view  # -nkvo: each layer's K/V views are copied up for the attention op
         peak = max(st.values())
