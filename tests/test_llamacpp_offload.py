@@ -146,6 +146,12 @@ def test_one_output_a_sequence_keeps_the_output_matmul_on_the_cpu():
     assert r.device_breakdown(n_gpu_layers=10, **one)["CUDA0"]["compute_bytes"] == mlp + FFN_DOWN_Q6
     # full offload: no copies
     assert r.device_breakdown(n_gpu_layers=37, **one)["CUDA0"]["compute_bytes"] == mlp
+    # the logits stay on the host below 32 rows: at 1 row they fit in the inputs' space (HOST_COMPUTE);
+    # at 31 rows (V + E) x 31 x 4 = 19,157,504 B is more than the inputs, and the host buffer grows to it
+    thirty_one = r.device_breakdown(n_gpu_layers=0, **dict(BASE, n_outputs_max=31))["_buffers"]
+    assert r.device_breakdown(n_gpu_layers=0, **one)["_buffers"]["CUDA_Host compute"] == HOST_COMPUTE - 512 * 4 + 4
+    assert thirty_one["CUDA_Host compute"] == (151936 + 2560) * 31 * 4 == 19_157_504
+    assert thirty_one["CUDA0 compute"] == mlp + FFN_DOWN_Q6
     # with 512 output rows (llama-cpp-python) the output matmul is offloaded and its matrix copied
     assert r.device_breakdown(n_gpu_layers=0, **BASE)["CUDA0"]["compute_bytes"] == LOGITS_STAGE + TOK_EMBD
 
