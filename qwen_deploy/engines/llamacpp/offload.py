@@ -342,6 +342,13 @@ def device_breakdown(
     # graph input and split input, allocated up front as leafs (ggml-backend.cpp, n_copies > 1). Source-
     # derived: the host inputs x 4 and, per GPU, 3 more copies of its split inputs (the mask, the incoming
     # n_embd x U activations and the index inputs) on top of the stage peak. Not checked against a log.
+    # the output matmul's batch is its n_outputs rows: below 32 ggml-cuda's offload_op leaves it on the CPU
+    # when the output layer is there (no output matrix copy; llama-cli and llama-server reserve 1 row a
+    # sequence), and the logits are computed in the host buffer (at 1 row they fit in the space the freed
+    # inputs leave: 16.01 MiB at -ngl 0 as at full offload, RTX 2060 log)
+    logits_on_host = out_dev == "CPU" and not (offloading and n_outputs >= OP_OFFLOAD_MIN_BATCH)
+    if logits_on_host and backend == "cuda":
+        host = max(host, (g.vocab + g.hidden) * n_outputs * 4)
     pipeline = len(gpu_names) > 1 and len(gpus_used) > 1 and out_dev != "CPU" and not cpu_layers and offload_kqv
     if pipeline:
         host *= 4
@@ -359,7 +366,7 @@ def device_breakdown(
         st = gpu_stage_bytes(
             g, n_kv=n_kv, n_ubatch=u, n_outputs=n_outputs, flash_attn=flash_attn, backend=backend, era=era
         )
-        holds_output = out_dev == dev or (out_dev == "CPU" and dev == gpu_names[0] and offloading)
+        holds_output = out_dev == dev or (out_dev == "CPU" and dev == gpu_names[0] and not logits_on_host)
         if not holds_output:
             st["output"] = 0
         if dev == gpu_names[0] and offloading and cpu_layers:
@@ -368,22 +375,13 @@ def device_breakdown(
             # op's split, freed when the op is done: one matrix at a time next to the stage's activations.
             # Public RTX 2060 logs (Qwen2.5-7B Q4_K_M, b10357): 182.33 MiB at -ngl 0, 15, 18, 19 and 21
             # alike against 134.01 at full offload; the largest CPU-layer matrix (a Q6_K ffn_down, 53.12
-            # MiB) on top gives 187.13, +2.6 %.
+            # MiB) on top gives 187.12, +2.6 %.
             st["attention"] += max(_layer_weight_groups(tensors, il)[0] for il in cpu_layers)
             st["mlp"] += max(_layer_weight_groups(tensors, il)[1] for il in cpu_layers)
             if not offload_kqv or any(g.has_kv(il) for il in cpu_layers):
                 st["attention"] += kv_view  # the CPU layer's K/V views, copied up for the attention op
-            if out_dev == "CPU" and n_outputs >= OP_OFFLOAD_MIN_BATCH:
-                # the output matmul's batch is its n_outputs rows: below 32 it stays on the CPU (no copy,
-                # and the logits stage is the CPU's); llama-cli/llama-server reserve 1 output a sequence
+            if out_dev == "CPU" and holds_output:
                 st["output"] += output_matrix_bytes
-            elif out_dev == "CPU":
-                st["output"] = 0
-                # the logits are then computed on the host, in its compute buffer (at 1 row they fit in
-                # the space the freed inputs leave: 16.01 MiB at -ngl 0 as at full offload, RTX 2060 log)
-                host_logits = (g.vocab + g.hidden) * n_outputs * 4
-                if host_logits > buffers.get(f"{host_buft} compute", 0):
-                    put(f"{host_buft} compute", host_logits - buffers.get(f"{host_buft} compute", 0))
         elif not offload_kqv:
             st["attention"] += kv_view  # -nkvo: each layer's K/V views are copied up for the attention op
         peak = max(st.values())
