@@ -95,6 +95,15 @@ class Owned:
                 found.append(pid)
         return found
 
+    def leader_exiting(self) -> bool:
+        """The recorded process (same pid and start time) still exists, not yet a zombie: while it exits
+        its /proc environ reads empty, so leader_alive() already says no, though it may still hold its
+        port."""
+        return self.safe_pid() and bool(self.start_ticks) and process_start_ticks(self.pid) == self.start_ticks
+
+    def gone(self) -> bool:
+        return not self.leader_alive() and not self.members() and not self.leader_exiting()
+
     def orphans_alive(self) -> bool:
         """The leader is gone but members of its group live on (vLLM's engine core after its API server
         died)."""
@@ -123,12 +132,12 @@ def stop_owned(owned: Owned, grace: float = STOP_GRACE_SECONDS) -> str:
         return "already gone"
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if not owned.leader_alive() and not owned.members():
+        if owned.gone():
             return "stopped"
         time.sleep(0.05)
     _signal_owned(owned, signal.SIGKILL)
     deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and (owned.leader_alive() or owned.members()):
+    while time.monotonic() < deadline and not owned.gone():
         time.sleep(0.05)
     return "killed"
 

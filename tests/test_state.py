@@ -229,3 +229,22 @@ def test_down_stops_what_is_provably_ours():
     code, out, _ = run("down", "mine")
     assert code == 0 and "mine: stopped" in out
     assert child.wait(timeout=5) == -signal.SIGTERM
+
+
+def test_an_engine_is_gone_only_when_its_process_is():
+    """`down` said 'stopped' while the engine still lived (CI, test_up_killed_in_detached_mode_status_and_down_
+    recover: 'assert not pid_alive(...)' failed right after 'orphan: stopped'): an exiting process's
+    /proc/PID/environ reads empty once its memory is released, so the token check fails before the process
+    (and its port) is gone. gone() also waits for the recorded pid and start time to disappear. Here the
+    token does not match (as while exiting) but the process lives: not gone until it has exited."""
+    child = _ours(procs.new_token())
+    owned = procs.Owned(child.pid, _wait_ticks(child.pid), procs.new_token())
+    assert not owned.leader_alive() and owned.leader_exiting() and not owned.gone()
+    child.kill()
+    child.wait(timeout=5)
+    assert not owned.leader_exiting() and owned.gone()
+    # a reused pid (other start time) is never taken for the engine
+    other = _ours(procs.new_token())
+    assert not procs.Owned(other.pid, _wait_ticks(other.pid) + 1, "x" * 32).leader_exiting()
+    other.kill()
+    other.wait(timeout=5)
