@@ -102,7 +102,9 @@ class Owned:
         return self.safe_pid() and bool(self.start_ticks) and process_start_ticks(self.pid) == self.start_ticks
 
     def gone(self) -> bool:
-        return not self.leader_alive() and not self.members() and not self.leader_exiting()
+        """Neither the recorded process (alive or exiting; leader_alive() implies leader_exiting()) nor a
+        member of its group is left."""
+        return not self.leader_exiting() and not self.members()
 
     def orphans_alive(self) -> bool:
         """The leader is gone but members of its group live on (vLLM's engine core after its API server

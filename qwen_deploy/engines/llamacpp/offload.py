@@ -157,8 +157,8 @@ def gpu_stage_bytes(
       mask copy  n_kv x U x (2 | 4): the host mask copied into the device buffer (split input), live
                  through every layer
       attention  mask + [no FA: the f32 KQ scores n_kv x U x H x 4] + (2E + 2HD) x U x 4
-      mlp        mask + (3F + kE) x U x 4, k = 4 on CUDA, 2 on Metal (Metal's graph optimizer reorders
-                 nodes; both fitted to one public log each, see NOTES)
+      mlp        mask + (3F + kE) x U x 4, k = 3 on CUDA (4 when H x D > E), 2 on Metal (Metal's graph
+                 optimizer reorders nodes; fitted to one public log each, see NOTES)
       output     (V + E) x n_outputs x 4: logits plus the final norm of the output rows (the last layer
                  keeps only the n_outputs rows, inp_out_ids)
 
@@ -203,7 +203,7 @@ def cpu_stage_bytes(
 OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda.cu / ggml-metal-device.m: GGML_OP_OFFLOAD_MIN_BATCH, default 32
 
 
-def _layer_weight_groups(tensors: Sequence[Tensor], il: int) -> tuple[int, int]:
+def _largest_layer_matrices(tensors: Sequence[Tensor], il: int) -> tuple[int, int]:
     """(largest attention matrix, largest ffn matrix) bytes of layer il: op offload copies one matmul's
     weight at a time."""
     attn = ffn = 0
@@ -337,11 +337,6 @@ def device_breakdown(
                 g, n_kv=n_kv, n_ubatch=u, n_outputs=n_outputs, flash_attn=flash_attn, output_on_cpu=out_dev == "CPU"
             ),
         )
-    # pipeline parallelism (llama_context: more than one device, every layer offloaded, layer split,
-    # offload_kqv): ggml_backend_sched_new(..., parallel) keeps GGML_SCHED_MAX_COPIES = 4 copies of every
-    # graph input and split input, allocated up front as leafs (ggml-backend.cpp, n_copies > 1). Source-
-    # derived: the host inputs x 4 and, per GPU, 3 more copies of its split inputs (the mask, the incoming
-    # n_embd x U activations and the index inputs) on top of the stage peak. Not checked against a log.
     # the output matmul's batch is its n_outputs rows: below 32 ggml-cuda's offload_op leaves it on the CPU
     # when the output layer is there (no output matrix copy; llama-cli and llama-server reserve 1 row a
     # sequence), and the logits are computed in the host buffer (at 1 row they fit in the space the freed
@@ -349,6 +344,11 @@ def device_breakdown(
     logits_on_host = out_dev == "CPU" and not (offloading and n_outputs >= OP_OFFLOAD_MIN_BATCH)
     if logits_on_host and backend == "cuda":
         host = max(host, (g.vocab + g.hidden) * n_outputs * 4)
+    # pipeline parallelism (llama_context: more than one device, every layer offloaded, layer split,
+    # offload_kqv): ggml_backend_sched_new(..., parallel) keeps GGML_SCHED_MAX_COPIES = 4 copies of every
+    # graph input and split input, allocated up front as leafs (ggml-backend.cpp, n_copies > 1). Source-
+    # derived: the host inputs x 4 and, per GPU, 3 more copies of its split inputs (the mask, the incoming
+    # n_embd x U activations and the index inputs) on top of the stage peak. Not checked against a log.
     pipeline = len(gpu_names) > 1 and len(gpus_used) > 1 and out_dev != "CPU" and not cpu_layers and offload_kqv
     if pipeline:
         host *= 4
@@ -376,8 +376,9 @@ def device_breakdown(
             # Public RTX 2060 logs (Qwen2.5-7B Q4_K_M, b10357): 182.33 MiB at -ngl 0, 15, 18, 19 and 21
             # alike against 134.01 at full offload; the largest CPU-layer matrix (a Q6_K ffn_down, 53.12
             # MiB) on top gives 187.12, +2.6 %.
-            st["attention"] += max(_layer_weight_groups(tensors, il)[0] for il in cpu_layers)
-            st["mlp"] += max(_layer_weight_groups(tensors, il)[1] for il in cpu_layers)
+            attn_largest, ffn_largest = zip(*(_largest_layer_matrices(tensors, il) for il in cpu_layers), strict=True)
+            st["attention"] += max(attn_largest)
+            st["mlp"] += max(ffn_largest)
             if not offload_kqv or any(g.has_kv(il) for il in cpu_layers):
                 st["attention"] += kv_view  # the CPU layer's K/V views, copied up for the attention op
             if out_dev == "CPU" and holds_output:
